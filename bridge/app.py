@@ -1,0 +1,78 @@
+"""Assembling the aiohttp application. No I/O here: resources start in cleanup contexts."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from bridge.config import Settings
+from bridge.engine.base import Engine
+from bridge.http.cors import allowed_origins, host_guard_middleware, install_cors
+from bridge.http.errors import error_middleware
+from bridge.http.keys import SERVICE, SETTINGS
+from bridge.http.ollama.routes import add_routes as add_ollama_routes
+from bridge.http.openai.routes import add_routes as add_openai_routes
+from bridge.models.resolver import Resolver
+from bridge.scheduler import Scheduler
+from bridge.service import Service
+
+log = logging.getLogger(__name__)
+
+# Images arrive base64-encoded inside JSON bodies; Ollama sets no small limit either.
+MAX_BODY = 256 * 1024 * 1024
+
+
+def _default_engine() -> Engine:
+    from bridge.engine.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine()
+
+
+def create_app(
+    settings: Settings, *, engine_factory: Callable[[], Engine] | None = None
+) -> web.Application:
+    """The bridge application. `engine_factory` is the seam tests use to inject failures."""
+    app = web.Application(client_max_size=MAX_BODY)
+    install_cors(app, allowed_origins(settings.origins))
+    if settings.address.is_loopback:
+        app.middlewares.append(host_guard_middleware(hostname=socket.gethostname()))
+    app.middlewares.append(error_middleware)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_service_ctx(engine_factory or _default_engine))
+    add_ollama_routes(app)
+    add_openai_routes(app)
+    return app
+
+
+def _service_ctx(
+    engine_factory: Callable[[], Engine],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        resolver = Resolver(
+            store_dir=settings.models_dir(),
+            gguf_dirs=settings.gguf_dirs,
+            aliases=settings.aliases,
+            demo=settings.demo_model,
+        )
+        scheduler = Scheduler(
+            engine_factory(),
+            default_keep_alive=settings.keep_alive,
+            max_loaded=settings.max_loaded_models,
+            max_queue=settings.max_queue,
+        )
+        app[SERVICE] = Service(settings, resolver, scheduler)
+        specs = await resolver.list()
+        log.info(
+            "%d model(s) found (store %s, %d GGUF folder(s))",
+            len(specs),
+            settings.models_dir(),
+            len(settings.gguf_dirs),
+        )
+        yield
+        await scheduler.close()
+
+    return ctx

@@ -1,0 +1,99 @@
+"""Command line: `bridge serve` (flags > environment > config file > defaults)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from bridge import OLLAMA_COMPAT_VERSION, __version__
+from bridge.config import SETTINGS, ConfigError, Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bridge", description="A drop-in replacement for `ollama serve` on llama.cpp."
+    )
+    parser.add_argument("--version", action="version", version=f"bridge {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="start the server")
+    serve.add_argument("--config", help="config file (TOML); environment: BRIDGE_CONFIG")
+    for s in SETTINGS:
+        flag = "--" + s.name.replace("_", "-")
+        env = f" (environment: {s.env})" if s.env else ""
+        if s.name == "gguf_dirs":
+            serve.add_argument(
+                "--gguf-dir",
+                dest="gguf_dirs",
+                action="append",
+                metavar="DIR",
+                help=f"{s.help} Repeatable.{env}",
+            )
+        elif isinstance(s.default, bool):
+            serve.add_argument(
+                flag, dest=s.name, action="store_true", default=None, help=f"{s.help}{env}"
+            )
+        else:
+            serve.add_argument(
+                flag,
+                dest=s.name,
+                metavar=s.name.upper(),
+                help=f"{s.help} Default: {s.default!r}.{env}",
+            )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    flags: dict[str, Any] = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    if flags.get("gguf_dirs"):
+        flags["gguf_dirs"] = tuple(flags["gguf_dirs"])
+    return load_settings(flags, config_path=args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return serve(settings)
+
+
+def serve(settings: Settings) -> int:
+    from bridge.app import create_app
+
+    addr = settings.address
+    app = create_app(settings)
+    logging.getLogger("bridge").info(
+        "bridge %s (Ollama API %s) listening on %s", __version__, OLLAMA_COMPAT_VERSION, addr.url
+    )
+    try:
+        # handler_cancellation: a client that disconnects cancels its handler at once, which
+        # frees its queue place or slot and stops its generation.
+        web.run_app(
+            app,
+            host=addr.host,
+            port=addr.port,
+            print=None,
+            handler_cancellation=True,
+            access_log=None,
+        )
+    except OSError as exc:
+        print(f"bridge: cannot listen on {addr.host}:{addr.port}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

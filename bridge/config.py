@@ -1,0 +1,280 @@
+"""Settings: command-line flags, then environment, then the config file, then defaults.
+
+This is the only module that reads `os.environ`. `OLLAMA_*` variables mean what they mean to
+Ollama; `BRIDGE_*` variables are bridge's own. Every setting is described once, in `SETTINGS`,
+which feeds `--help`, `config/bridge.toml` and the test that keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge.durations import InvalidDuration, parse_env_keep_alive, parse_keep_alive
+from bridge.hostaddr import HostAddr, parse_host
+
+
+class ConfigError(Exception):
+    """A setting has a value bridge cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str  # key in the config file and attribute of Settings
+    env: str | None
+    default: Any
+    help: str
+    parse: Callable[[Any], Any]
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError("expected an integer")
+    return int(v)
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    # Go's strconv.ParseBool, which Ollama uses for its boolean variables.
+    s = str(v).strip()
+    if s in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if s in ("0", "f", "F", "FALSE", "false", "False", ""):
+        return False
+    raise ValueError(f"invalid boolean {v!r}")
+
+
+def _paths(v: Any) -> tuple[str, ...]:
+    items = v.split(os.pathsep) if isinstance(v, str) else list(v)
+    return tuple(os.path.expanduser(str(p)) for p in items if str(p).strip())
+
+
+def _origins(v: Any) -> tuple[str, ...]:
+    items = v.split(",") if isinstance(v, str) else list(v)
+    return tuple(s.strip() for s in (str(i) for i in items) if s.strip())
+
+
+def _keep_alive(v: Any) -> float:
+    if isinstance(v, str):
+        return parse_env_keep_alive(v)
+    parsed = parse_keep_alive(v)
+    return 300.0 if parsed is None else parsed
+
+
+def _log_level(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s in ("1", "true", "debug", "2", "trace"):
+        return "debug"
+    if s in ("", "0", "false", "info"):
+        return "info"
+    if s in ("warning", "warn", "error"):
+        return s.replace("warn", "warning").replace("warninging", "warning")
+    raise ValueError(f"unknown log level {v!r}")
+
+
+def _demo(v: Any) -> str:
+    s = str(v).strip().lower() if not isinstance(v, bool) else ("on" if v else "off")
+    if s in ("auto", "on", "off"):
+        return s
+    if s in ("1", "true", "yes"):
+        return "on"
+    if s in ("0", "false", "no"):
+        return "off"
+    raise ValueError("expected auto, on or off")
+
+
+def _str(v: Any) -> str:
+    return str(v)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "host",
+        "OLLAMA_HOST",
+        "127.0.0.1:11434",
+        "Address to listen on, parsed as Ollama parses OLLAMA_HOST.",
+        _str,
+    ),
+    Setting(
+        "models",
+        "OLLAMA_MODELS",
+        "",
+        "Ollama's model store. Empty: ~/.ollama/models, else /usr/share/ollama/.ollama/models.",
+        _str,
+    ),
+    Setting(
+        "gguf_dirs",
+        "BRIDGE_GGUF_DIRS",
+        (),
+        "Folders scanned recursively for .gguf files, each file one model "
+        "(environment: a path-separator list).",
+        _paths,
+    ),
+    Setting(
+        "keep_alive",
+        "OLLAMA_KEEP_ALIVE",
+        "5m",
+        "How long an idle model stays loaded: a duration or seconds; negative = forever.",
+        _keep_alive,
+    ),
+    Setting(
+        "origins",
+        "OLLAMA_ORIGINS",
+        (),
+        "Extra allowed CORS origins (comma-separated), on top of Ollama's defaults.",
+        _origins,
+    ),
+    Setting(
+        "num_parallel", "OLLAMA_NUM_PARALLEL", 1, "Requests each loaded model serves at once.", _int
+    ),
+    Setting(
+        "max_loaded_models", "OLLAMA_MAX_LOADED_MODELS", 0, "Models loaded at once; 0 = 3.", _int
+    ),
+    Setting(
+        "max_queue",
+        "OLLAMA_MAX_QUEUE",
+        512,
+        "Requests that may wait for a model before new ones get 503.",
+        _int,
+    ),
+    Setting(
+        "context_length",
+        "OLLAMA_CONTEXT_LENGTH",
+        0,
+        "Default num_ctx; 0 = 4096 (capped at the model's trained context).",
+        _int,
+    ),
+    Setting(
+        "num_thread",
+        "BRIDGE_NUM_THREAD",
+        0,
+        "Threads per model; 0 = the number of physical cores.",
+        _int,
+    ),
+    Setting(
+        "num_gpu",
+        "BRIDGE_NUM_GPU",
+        -1,
+        "Layers to offload to the GPU by default; -1 = all that the build supports, 0 = none.",
+        _int,
+    ),
+    Setting(
+        "demo_model",
+        "BRIDGE_DEMO_MODEL",
+        "auto",
+        "Serve the bundled SmolLM2 demo model as smollm2: auto (only when no other model "
+        "is found), on, or off.",
+        _demo,
+    ),
+    Setting(
+        "log_level",
+        "OLLAMA_DEBUG",
+        "info",
+        "Log level: info, debug (OLLAMA_DEBUG=1), warning or error.",
+        _log_level,
+    ),
+    Setting(
+        "log_prompts", "BRIDGE_LOG_PROMPTS", False, "Log prompts and outputs at debug level.", _bool
+    ),
+)
+SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+# Tables in the config file that are not plain settings.
+TABLES = ("aliases",)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting, resolved. Built once by the CLI and passed down; never read from globals."""
+
+    host: str = "127.0.0.1:11434"
+    models: str = ""
+    gguf_dirs: tuple[str, ...] = ()
+    keep_alive: float = 300.0
+    origins: tuple[str, ...] = ()
+    num_parallel: int = 1
+    max_loaded_models: int = 0
+    max_queue: int = 512
+    context_length: int = 0
+    num_thread: int = 0
+    num_gpu: int = -1
+    demo_model: str = "auto"
+    log_level: str = "info"
+    log_prompts: bool = False
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    config_path: str | None = None
+
+    @property
+    def address(self) -> HostAddr:
+        return parse_host(self.host)
+
+    def models_dir(self) -> Path:
+        """OLLAMA_MODELS, else ~/.ollama/models, else the Linux service's store."""
+        if self.models:
+            return Path(os.path.expanduser(self.models))
+        home = Path.home() / ".ollama" / "models"
+        service = Path("/usr/share/ollama/.ollama/models")
+        if not home.exists() and service.is_dir():
+            return service
+        return home
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_path: str | None = None,
+) -> Settings:
+    """Resolve every setting: flags > environment > config file > defaults."""
+    env = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None and v != ()}
+    path = config_path or env.get("BRIDGE_CONFIG") or None
+    file_values = _read_config_file(path) if path else {}
+
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.name in flags:
+            raw, origin = flags[s.name], f"--{s.name.replace('_', '-')}"
+        elif s.env and env.get(s.env, "").strip() != "":
+            raw, origin = _strip_quotes(env[s.env]), s.env
+        elif s.name in file_values:
+            raw, origin = file_values[s.name], f"{s.name} in {path}"
+        else:
+            raw, origin = s.default, None
+        try:
+            values[s.name] = s.parse(raw)
+        except (ValueError, TypeError, InvalidDuration) as exc:
+            if origin is None:
+                raise
+            raise ConfigError(f"{origin}: {exc}") from exc
+
+    aliases = file_values.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise ConfigError(f"[aliases] in {path} must map names to model names")
+    return Settings(**values, aliases=dict(aliases), config_path=path)
+
+
+def _strip_quotes(value: str) -> str:
+    return value.strip().strip("\"'")
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    unknown = sorted(k for k in data if k not in SETTINGS_BY_NAME and k not in TABLES)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    return data
+
+
+def setting_names() -> Sequence[str]:
+    return [s.name for s in SETTINGS]

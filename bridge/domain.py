@@ -1,0 +1,205 @@
+"""The internal request and response model every protocol codec converts to and from.
+
+Stdlib only: the Ollama and OpenAI codecs, the service and the engines all speak these types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+JSONSchema = Mapping[str, Any]
+# `format`: None (free text), "json" (any JSON value) or a JSON schema object.
+Format = str | JSONSchema | None
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Ollama's `options`; None means "not given", so layers can be stacked."""
+
+    num_ctx: int | None = None
+    num_batch: int | None = None
+    num_gpu: int | None = None
+    main_gpu: int | None = None
+    use_mmap: bool | None = None
+    num_thread: int | None = None
+    num_keep: int | None = None
+    seed: int | None = None
+    num_predict: int | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repeat_last_n: int | None = None
+    temperature: float | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: tuple[str, ...] | None = None
+
+    def overlay(self, top: Options) -> Options:
+        """These options with every key that `top` sets replaced whole (stop lists are not merged)."""
+        changes = {f.name: v for f in fields(top) if (v := getattr(top, f.name)) is not None}
+        return self if not changes else _replace(self, changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The keys that are set, in declaration order."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+
+def _replace(opts: Options, changes: Mapping[str, Any]) -> Options:
+    values = {f.name: getattr(opts, f.name) for f in fields(opts)}
+    values.update(changes)
+    return Options(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    name: str
+    arguments: Mapping[str, Any]
+    index: int = 0
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str = ""
+    images: tuple[bytes, ...] = ()
+    thinking: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str  # as the client sent it; responses echo it
+    messages: tuple[Message, ...]
+    options: Options = Options()
+    format: Format = None
+    tools: tuple[Mapping[str, Any], ...] = ()
+    keep_alive: float | None = None  # seconds; None = server default; inf = forever
+    think: bool | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    model: str
+    prompt: str = ""
+    suffix: str = ""
+    system: str | None = None
+    template: str | None = None
+    context: tuple[int, ...] | None = None
+    raw: bool = False
+    images: tuple[bytes, ...] = ()
+    options: Options = Options()
+    format: Format = None
+    keep_alive: float | None = None
+    think: bool | str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """Ollama's timing fields, all durations in nanoseconds."""
+
+    total_duration: int = 0
+    load_duration: int = 0
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a response stream; the last one has `done` set and carries the metrics."""
+
+    text: str = ""
+    thinking: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    done: bool = False
+    done_reason: str | None = None  # "stop", "length", "load", "unload"
+    metrics: Metrics | None = None
+    context: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1  # -1 = random
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What an engine runs: a rendered prompt and how to continue it."""
+
+    prompt: str
+    sampling: Sampling = Sampling()
+    num_predict: int = -1  # -1 = until the context is full
+    stop: tuple[str, ...] = ()
+    format: Format = None
+    context_prefix: tuple[int, ...] = ()  # token ids put before the prompt (generate's `context`)
+    return_context: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """The options that shape a loaded model; a change in any of them means a reload."""
+
+    num_ctx: int
+    num_batch: int = 512
+    num_gpu: int = -1  # -1 = as many layers as fit (all, on a GPU build)
+    main_gpu: int = 0
+    use_mmap: bool | None = None
+    num_thread: int = 0  # 0 = the physical core count
+    parallel: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDetails:
+    parent_model: str = ""
+    format: str = "gguf"
+    family: str = ""
+    families: tuple[str, ...] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""
+    context_length: int | None = None
+    embedding_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A model as found on disk: where its files are and what its layers say. Nothing loaded."""
+
+    name: str  # display name, e.g. "llama3:latest"
+    full_name: str  # registry.ollama.ai/library/llama3:latest
+    namespace: str
+    source: str  # "ollama", "gguf" or "demo"
+    model_path: str  # the weights (the first file of a split GGUF)
+    digest: str  # hex sha256 of the manifest (or of the file's identity for GGUF folders)
+    size: int
+    modified_at: float  # epoch seconds
+    details: ModelDetails = ModelDetails()
+    projectors: tuple[str, ...] = ()
+    adapters: tuple[str, ...] = ()
+    template: str | None = None  # Ollama Go template layer
+    system: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    messages: tuple[Message, ...] = ()
+    license: tuple[str, ...] = ()
+    problem: str | None = None  # why it cannot be used (missing blob, corrupt file)

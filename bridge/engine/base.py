@@ -1,0 +1,52 @@
+"""The engine protocol: what the scheduler and service need from a model runtime.
+
+An engine loads a model file into a `LoadedModel`. A loaded model runs completions as an async
+stream of `Chunk`s. Implementations own their threads: nothing here may block the event loop,
+and closing the stream (the client went away) must stop the work within a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from bridge.domain import Chunk, Completion, LoadOptions, ModelSpec
+
+
+class LoadedModel(Protocol):
+    @property
+    def n_ctx(self) -> int:
+        """Context length per slot."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """Bytes this model holds in memory (weights and caches)."""
+        ...
+
+    @property
+    def size_vram(self) -> int:
+        """The part of `size` on the GPU."""
+        ...
+
+    def complete(self, completion: Completion) -> AsyncIterator[Chunk]:
+        """Stream the continuation of `completion.prompt`; the last chunk has `done` and metrics.
+
+        Raises bridge errors (e.g. ContextLengthExceeded) before the first chunk when the
+        request cannot run. Closing the iterator cancels the generation.
+        """
+        ...
+
+    async def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` as a prompt (special tokens parsed, BOS as the model wants)."""
+        ...
+
+    async def close(self) -> None:
+        """Free the model; waits for work in progress to stop."""
+        ...
+
+
+class Engine(Protocol):
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:
+        """Load `spec`'s weights; raises ModelLoadFailed with a clear reason."""
+        ...

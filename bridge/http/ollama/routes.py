@@ -1,0 +1,180 @@
+"""Thin /api/* handlers: decode the wire, call the service, encode or stream the result."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from bridge import OLLAMA_COMPAT_VERSION
+from bridge.domain import Chunk, Metrics, ToolCall
+from bridge.errors import InvalidRequest, ModelNotFound
+from bridge.http.jsonbody import Fields, decode_object
+from bridge.http.keys import SERVICE
+from bridge.http.ollama import wire
+from bridge.http.streaming import collect, stream_response
+from bridge.models.resolver import parse_name
+from bridge.timefmt import local
+
+NDJSON = "application/x-ndjson"
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    # gin's c.JSON: charset=utf-8 and no trailing newline.
+    return web.Response(
+        body=orjson.dumps(obj), status=status, content_type="application/json", charset="utf-8"
+    )
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")
+
+
+async def version(request: web.Request) -> web.Response:
+    return json_response({"version": OLLAMA_COMPAT_VERSION})
+
+
+async def tags(request: web.Request) -> web.Response:
+    specs = await request.app[SERVICE].list_models()
+    return json_response({"models": [wire.tags_entry(s) for s in specs]})
+
+
+async def ps(request: web.Request) -> web.Response:
+    now = time.time()
+    models = [
+        wire.ps_entry(
+            r.spec,
+            size=r.model.size,
+            size_vram=r.model.size_vram,
+            context_length=r.model.n_ctx,
+            expires_at=r.expires_at if r.expires_at is not None else now + r.keep_alive,
+        )
+        for r in request.app[SERVICE].running()
+    ]
+    return json_response({"models": models})
+
+
+async def show(request: web.Request) -> web.Response:
+    f = Fields(decode_object(await request.read(), "api.ShowRequest"), "ShowRequest")
+    name = wire.model_field(f, required_msg="model is required")
+    parse_name(name)
+    info = await request.app[SERVICE].show(
+        name, verbose=f.bool("verbose", False), system=f.opt_str("system"), options=f.obj("options")
+    )
+    spec = info.spec
+    out: dict[str, Any] = {}
+    if spec.license:
+        out["license"] = "\n".join(spec.license)
+    out["modelfile"] = info.modelfile
+    if info.parameters:
+        out["parameters"] = info.parameters
+    template = spec.template if spec.template is not None else info.chat_template
+    if template:
+        out["template"] = template
+    if info.system:
+        out["system"] = info.system
+    out["details"] = wire.details(spec.details)
+    if spec.messages:
+        out["messages"] = [{"role": m.role, "content": m.content} for m in spec.messages]
+    out["model_info"] = info.model_info
+    if info.tensors:
+        out["tensors"] = info.tensors
+    out["capabilities"] = list(info.capabilities)
+    out["modified_at"] = local(spec.modified_at)
+    return json_response(out)
+
+
+async def generate(request: web.Request) -> web.StreamResponse:
+    req, stream = wire.decode_generate(decode_object(await request.read(), "api.GenerateRequest"))
+    if not req.model:
+        raise ModelNotFound("model '' not found")
+    chunks = await request.app[SERVICE].generate(req)
+
+    def encode(c: Chunk) -> dict[str, Any]:
+        return wire.generate_chunk(req.model, c)
+
+    return await _reply(request, chunks, encode, stream, merge=_merge_generate)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    data = decode_object(await request.read(), "api.ChatRequest")
+    req, stream = wire.decode_chat(data)
+    if not req.model:
+        raise InvalidRequest("model is required", param="model")
+    chunks = await request.app[SERVICE].chat(req)
+
+    def encode(c: Chunk) -> dict[str, Any]:
+        return wire.chat_chunk(req.model, c)
+
+    return await _reply(request, chunks, encode, stream, merge=_merge_chat)
+
+
+async def _reply(
+    request: web.Request,
+    chunks: AsyncIterator[Chunk],
+    encode: Any,
+    stream: bool,
+    *,
+    merge: Any,
+) -> web.StreamResponse:
+    if not stream:
+        items = await collect(chunks)
+        return json_response(merge(items, encode))
+    return await stream_response(
+        request,
+        chunks,
+        encode=lambda c: wire.ndjson(encode(c)),
+        encode_error=wire.error_line,
+        content_type=NDJSON,
+    )
+
+
+def _final(items: list[Chunk]) -> Chunk:
+    return items[-1] if items and items[-1].done else Chunk(done=True, metrics=Metrics())
+
+
+def _merge_generate(items: list[Chunk], encode: Any) -> dict[str, Any]:
+    final = _final(items)
+    text = "".join(c.text for c in items)
+    thinking = "".join(c.thinking for c in items)
+    out: dict[str, Any] = encode(final)
+    out["response"] = text
+    if thinking:
+        out = _with_after(out, "response", "thinking", thinking)
+    return out
+
+
+def _merge_chat(items: list[Chunk], encode: Any) -> dict[str, Any]:
+    final = _final(items)
+    out: dict[str, Any] = encode(final)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(c.text for c in items)}
+    thinking = "".join(c.thinking for c in items)
+    if thinking:
+        message["thinking"] = thinking
+    calls: tuple[ToolCall, ...] = tuple(t for c in items for t in c.tool_calls)
+    if calls:
+        message["tool_calls"] = [wire.tool_call(t) for t in calls]
+    out["message"] = message
+    return out
+
+
+def _with_after(d: dict[str, Any], after: str, key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out[k] = v
+        if k == after:
+            out[key] = value
+    return out
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", root)
+    app.router.add_get("/api/version", version)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps, allow_head=False)
+    app.router.add_route("POST", "/api/show", show)
+    app.router.add_route("POST", "/api/generate", generate)
+    app.router.add_route("POST", "/api/chat", chat)

@@ -1,0 +1,293 @@
+"""Ollama's /api/* wire format: JSON bodies <-> domain types. Pure: no I/O, no registry."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Any
+
+import orjson
+
+from bridge.domain import (
+    ChatRequest,
+    Chunk,
+    GenerateRequest,
+    Message,
+    ModelDetails,
+    ModelSpec,
+    ToolCall,
+)
+from bridge.durations import InvalidDuration, parse_keep_alive
+from bridge.errors import BridgeError, InvalidRequest
+from bridge.http.jsonbody import Fields
+from bridge.options import parse_options
+from bridge.timefmt import local, utc_now
+
+_THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+def keep_alive(f: Fields) -> float | None:
+    try:
+        return parse_keep_alive(f.raw("keep_alive"))
+    except InvalidDuration as exc:
+        raise InvalidRequest(str(exc), param="keep_alive") from exc
+
+
+def think(f: Fields) -> bool | str | None:
+    v = f.raw("think")
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v in _THINK_LEVELS:
+        return v
+    raw = orjson.dumps(v).decode()
+    raise InvalidRequest(
+        f'invalid think value: {raw} (must be "high", "medium", "low", "max", true, or false)'
+    )
+
+
+def fmt(f: Fields) -> str | dict[str, Any] | None:
+    v = f.raw("format")
+    if v is None or v == "" or v == "null":
+        return None
+    if v == "json" or isinstance(v, dict):
+        return v
+    raw = orjson.dumps(v).decode()
+    # Ollama reports this one as a 500; a 400 tells the client it is their input.
+    raise InvalidRequest(f'invalid format: {raw}; expected "json" or a valid JSON Schema object')
+
+
+def images(values: list[Any] | None, field: str) -> tuple[bytes, ...]:
+    out: list[bytes] = []
+    for v in values or ():
+        if not isinstance(v, str):
+            raise InvalidRequest(
+                f"json: cannot unmarshal {type(v).__name__} into Go struct field {field} of type api.ImageData"
+            )
+        try:
+            out.append(base64.b64decode(v, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"illegal base64 data at input byte {_bad_b64_index(v)}") from exc
+    return tuple(out)
+
+
+def _bad_b64_index(s: str) -> int:
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+    for i, ch in enumerate(s):
+        if ch not in alphabet:
+            return i
+    return len(s) - len(s) % 4
+
+
+def model_field(f: Fields, *, required_msg: str | None = None) -> str:
+    name = f.str("model") or f.str("name")
+    if not name and required_msg:
+        raise InvalidRequest(required_msg, param="model")
+    return name
+
+
+def decode_generate(data: dict[str, Any]) -> tuple[GenerateRequest, bool]:
+    f = Fields(data, "GenerateRequest")
+    req = GenerateRequest(
+        model=f.str("model"),
+        prompt=f.str("prompt"),
+        suffix=f.str("suffix"),
+        system=f.opt_str("system"),
+        template=f.opt_str("template") or None,
+        context=tuple(c) if (c := f.int_list("context")) is not None else None,
+        raw=f.bool("raw", False),
+        images=images(f.list("images", "[]api.ImageData"), "GenerateRequest.images"),
+        options=parse_options(f.obj("options")),
+        format=fmt(f),
+        keep_alive=keep_alive(f),
+        think=think(f),
+    )
+    return req, f.bool("stream", True)
+
+
+def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool]:
+    f = Fields(data, "ChatRequest")
+    messages = tuple(
+        _message(m, i) for i, m in enumerate(f.list("messages", "[]api.Message") or ())
+    )
+    tools = f.list("tools", "api.Tools") or []
+    for t in tools:
+        if not isinstance(t, dict):
+            raise InvalidRequest(
+                "json: cannot unmarshal into Go struct field ChatRequest.tools of type api.Tool"
+            )
+    req = ChatRequest(
+        model=f.str("model"),
+        messages=messages,
+        options=parse_options(f.obj("options")),
+        format=fmt(f),
+        tools=tuple(tools),
+        keep_alive=keep_alive(f),
+        think=think(f),
+    )
+    return req, f.bool("stream", True)
+
+
+def _message(m: Any, i: int) -> Message:
+    if not isinstance(m, dict):
+        raise InvalidRequest(
+            f"json: cannot unmarshal {type(m).__name__} into Go struct field ChatRequest.messages of type api.Message"
+        )
+    f = Fields(m, "ChatRequest.messages")
+    calls = []
+    for n, c in enumerate(f.list("tool_calls", "[]api.ToolCall") or ()):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict):
+            raise InvalidRequest("invalid tool call: missing function")
+        args = fn.get("arguments") or {}
+        if not isinstance(args, dict):
+            raise InvalidRequest(
+                "json: cannot unmarshal into Go struct field ToolCallFunction.function.arguments of type api.ToolCallFunctionArguments"
+            )
+        calls.append(
+            ToolCall(
+                name=str(fn.get("name", "")),
+                arguments=args,
+                index=int(fn.get("index", n)) if isinstance(fn.get("index", n), int) else n,
+                id=c.get("id") if isinstance(c.get("id"), str) else None,
+            )
+        )
+    return Message(
+        role=f.str("role").lower(),
+        content=f.str("content"),
+        images=images(f.list("images", "[]api.ImageData"), "ChatRequest.messages.images"),
+        thinking=f.opt_str("thinking"),
+        tool_calls=tuple(calls),
+        tool_name=f.opt_str("tool_name"),
+        tool_call_id=f.opt_str("tool_call_id"),
+    )
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+def _metrics(out: dict[str, Any], chunk: Chunk) -> None:
+    m = chunk.metrics
+    if m is None:
+        return
+    for key in (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ):
+        value = getattr(m, key)
+        if value:  # Go omitempty
+            out[key] = value
+
+
+def generate_chunk(
+    model: str, chunk: Chunk, *, text: str | None = None, thinking: str | None = None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": model,
+        "created_at": utc_now(),
+        "response": chunk.text if text is None else text,
+    }
+    th = chunk.thinking if thinking is None else thinking
+    if th:
+        out["thinking"] = th
+    out["done"] = chunk.done
+    if chunk.done_reason:
+        out["done_reason"] = chunk.done_reason
+    if chunk.context:
+        out["context"] = list(chunk.context)
+    _metrics(out, chunk)
+    return out
+
+
+def chat_chunk(
+    model: str,
+    chunk: Chunk,
+    *,
+    text: str | None = None,
+    thinking: str | None = None,
+    tool_calls: tuple[ToolCall, ...] | None = None,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": chunk.text if text is None else text}
+    th = chunk.thinking if thinking is None else thinking
+    if th:
+        message["thinking"] = th
+    calls = chunk.tool_calls if tool_calls is None else tool_calls
+    if calls:
+        message["tool_calls"] = [tool_call(c) for c in calls]
+    out: dict[str, Any] = {
+        "model": model,
+        "created_at": utc_now(),
+        "message": message,
+        "done": chunk.done,
+    }
+    if chunk.done_reason:
+        out["done_reason"] = chunk.done_reason
+    _metrics(out, chunk)
+    return out
+
+
+def tool_call(c: ToolCall) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if c.id:
+        out["id"] = c.id
+    out["function"] = {"index": c.index, "name": c.name, "arguments": dict(c.arguments)}
+    return out
+
+
+def ndjson(obj: dict[str, Any]) -> bytes:
+    return orjson.dumps(obj) + b"\n"
+
+
+def error_line(exc: BridgeError) -> bytes:
+    return orjson.dumps({"error": exc.message}) + b"\n"
+
+
+def details(d: ModelDetails) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "parent_model": d.parent_model,
+        "format": d.format,
+        "family": d.family,
+        "families": list(d.families) if d.families else None,
+        "parameter_size": d.parameter_size,
+        "quantization_level": d.quantization_level,
+    }
+    if d.context_length:
+        out["context_length"] = d.context_length
+    if d.embedding_length:
+        out["embedding_length"] = d.embedding_length
+    return out
+
+
+def tags_entry(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "model": spec.name,
+        "modified_at": local(spec.modified_at),
+        "size": spec.size,
+        "digest": spec.digest,
+        "details": details(spec.details),
+    }
+
+
+def ps_entry(
+    spec: ModelSpec, *, size: int, size_vram: int, context_length: int, expires_at: float | None
+) -> dict[str, Any]:
+    d = details(spec.details)
+    d["parent_model"] = ""
+    return {
+        "name": spec.name,
+        "model": spec.name,
+        "size": size,
+        "digest": spec.digest,
+        "details": d,
+        "expires_at": local(math.inf if expires_at is None else expires_at),
+        "size_vram": size_vram,
+        "context_length": context_length,
+    }

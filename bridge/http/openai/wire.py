@@ -1,0 +1,390 @@
+"""OpenAI's /v1/* wire format, converted to and from the domain the way Ollama's layer does.
+
+Pure: no I/O. Ollama's choices are followed (temperature and top_p default to 1.0, `model` is
+echoed, `system_fingerprint` is "fp_ollama"), with two additions Ollama users ask for:
+`max_completion_tokens` is honoured and `keep_alive` is accepted as a top-level field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import random
+import re
+import time
+from typing import Any
+
+import orjson
+
+from bridge.domain import (
+    ChatRequest,
+    Chunk,
+    GenerateRequest,
+    Message,
+    Metrics,
+    ModelSpec,
+    Options,
+    ToolCall,
+)
+from bridge.durations import InvalidDuration, parse_keep_alive
+from bridge.errors import BridgeError, InvalidRequest
+from bridge.http.errors import error_body, status_of
+from bridge.http.jsonbody import Fields
+
+_DATA_URL = re.compile(r"^data:(?:image/(?:jpeg|jpg|png|webp))?;base64,(.*)$", re.DOTALL)
+
+
+def _keep_alive(f: Fields) -> float | None:
+    try:
+        return parse_keep_alive(f.raw("keep_alive"))
+    except InvalidDuration as exc:
+        raise InvalidRequest(str(exc), param="keep_alive") from exc
+
+
+def _stop(f: Fields, *, strict: bool) -> tuple[str, ...] | None:
+    v = f.raw("stop")
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return (v,)
+    if isinstance(v, list):
+        if strict:
+            for item in v:
+                if not isinstance(item, str):
+                    raise InvalidRequest(
+                        f"invalid type for 'stop' field: {_go_type(item)}", param="stop"
+                    )
+        return tuple(item for item in v if isinstance(item, str))
+    if strict:
+        raise InvalidRequest(f"invalid type for 'stop' field: {_go_type(v)}", param="stop")
+    return None
+
+
+def _go_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int | float):
+        return "float64"
+    if isinstance(v, dict):
+        return "map[string]interface {}"
+    if isinstance(v, list):
+        return "[]interface {}"
+    return "string"
+
+
+def _format(f: Fields) -> Any:
+    rf = f.obj("response_format")
+    if not rf:
+        return None
+    kind = rf.get("type")
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = rf.get("json_schema")
+        if isinstance(schema, dict) and isinstance(schema.get("schema"), dict):
+            return schema["schema"]
+        raise InvalidRequest(
+            "response_format json_schema needs a json_schema.schema object", param="response_format"
+        )
+    return None
+
+
+def _max_tokens(f: Fields) -> int | None:
+    n = f.int("max_tokens")
+    return n if n is not None else f.int("max_completion_tokens")
+
+
+def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool, bool]:
+    """-> (request, stream, include_usage)."""
+    f = Fields(data, "ChatCompletionRequest")
+    raw_messages = f.list("messages", "[]openai.Message")
+    if not raw_messages:
+        raise InvalidRequest("[] is too short - 'messages'", param="messages")
+    messages: list[Message] = []
+    for m in raw_messages:
+        messages.extend(_messages(m, messages))
+    temperature = f.float("temperature")
+    top_p = f.float("top_p")
+    opts = Options(
+        temperature=1.0 if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        num_predict=_max_tokens(f),
+        seed=f.int("seed"),
+        stop=_stop(f, strict=False),
+        frequency_penalty=f.float("frequency_penalty"),
+        presence_penalty=f.float("presence_penalty"),
+    )
+    req = ChatRequest(
+        model=f.str("model"),
+        messages=tuple(messages),
+        options=opts,
+        format=_format(f),
+        tools=tuple(t for t in (f.list("tools") or ()) if isinstance(t, dict)),
+        keep_alive=_keep_alive(f),
+        think=_reasoning(f),
+    )
+    so = f.obj("stream_options") or {}
+    return req, f.bool("stream", False), bool(so.get("include_usage"))
+
+
+def _reasoning(f: Fields) -> bool | str | None:
+    effort = f.raw("reasoning_effort")
+    reasoning = f.obj("reasoning")
+    if effort is None and reasoning:
+        effort = reasoning.get("effort")
+    if effort is None:
+        return None
+    mapping: dict[str, bool | str] = {
+        "none": False,
+        "minimal": "low",
+        "low": "low",
+        "medium": "medium",
+        "high": "high",
+        "max": "max",
+        "xhigh": "max",
+        "ultra": "max",
+    }
+    if not isinstance(effort, str) or effort not in mapping:
+        raise InvalidRequest(f"invalid reasoning value: {effort}", param="reasoning_effort")
+    return mapping[effort]
+
+
+def _messages(m: Any, earlier: list[Message]) -> list[Message]:
+    if not isinstance(m, dict):
+        raise InvalidRequest("invalid message format", param="messages")
+    role = str(m.get("role", "")).lower()
+    content = m.get("content")
+    calls = tuple(_tool_calls(m.get("tool_calls")))
+    thinking = m.get("reasoning") if isinstance(m.get("reasoning"), str) else None
+    tool_name = m.get("name") if isinstance(m.get("name"), str) else None
+    tool_call_id = m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None
+    if role == "tool" and tool_name is None and tool_call_id:
+        tool_name = next(
+            (c.name for msg in earlier for c in msg.tool_calls if c.id == tool_call_id), None
+        )
+    base = dict(thinking=thinking, tool_calls=calls, tool_name=tool_name, tool_call_id=tool_call_id)
+    if isinstance(content, str):
+        return [Message(role=role, content=content, **base)]  # type: ignore[arg-type]
+    if content is None:
+        if not calls:
+            raise InvalidRequest("invalid message content type: <nil>", param="messages")
+        return [Message(role=role, content="", **base)]  # type: ignore[arg-type]
+    if not isinstance(content, list):
+        raise InvalidRequest(f"invalid message content type: {_go_type(content)}", param="messages")
+    # Each part becomes its own message with the same role, as Ollama does.
+    out: list[Message] = []
+    for part in content:
+        if not isinstance(part, dict):
+            raise InvalidRequest("invalid message format", param="messages")
+        kind = part.get("type")
+        if kind == "text":
+            out.append(Message(role=role, content=str(part.get("text", "")), **base))  # type: ignore[arg-type]
+        elif kind == "image_url":
+            out.append(Message(role=role, content="", images=(_image(part.get("image_url")),)))
+        else:
+            raise InvalidRequest("invalid message format", param="messages")
+    return out
+
+
+def _image(value: Any) -> bytes:
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str):
+        raise InvalidRequest("invalid image input", param="messages")
+    if url.startswith(("http://", "https://")):
+        raise InvalidRequest(
+            "image URLs are not currently supported, please use base64 encoded data instead",
+            param="messages",
+        )
+    m = _DATA_URL.match(url)
+    if not m:
+        raise InvalidRequest("invalid image input", param="messages")
+    try:
+        return base64.b64decode(m.group(1), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest("invalid image input", param="messages") from exc
+
+
+def _tool_calls(value: Any) -> list[ToolCall]:
+    calls: list[ToolCall] = []
+    for i, c in enumerate(value or ()):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict):
+            raise InvalidRequest("invalid tool call arguments", param="messages")
+        args_text = fn.get("arguments") or "{}"
+        try:
+            args = orjson.loads(args_text) if isinstance(args_text, str) else None
+        except orjson.JSONDecodeError:
+            args = None
+        if not isinstance(args, dict):
+            raise InvalidRequest("invalid tool call arguments", param="messages")
+        calls.append(
+            ToolCall(
+                name=str(fn.get("name", "")),
+                arguments=args,
+                index=i,
+                id=c.get("id") if isinstance(c.get("id"), str) else None,
+            )
+        )
+    return calls
+
+
+def decode_completion(data: dict[str, Any]) -> tuple[GenerateRequest, bool, bool]:
+    f = Fields(data, "CompletionRequest")
+    prompt = f.raw("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise InvalidRequest("prompt must be a string", param="prompt")
+    temperature = f.float("temperature")
+    top_p = f.float("top_p")
+    opts = Options(
+        temperature=1.0 if temperature is None else temperature,
+        top_p=top_p if top_p else 1.0,
+        num_predict=_max_tokens(f),
+        seed=f.int("seed"),
+        stop=_stop(f, strict=True),
+        frequency_penalty=f.float("frequency_penalty") or 0.0,
+        presence_penalty=f.float("presence_penalty") or 0.0,
+    )
+    req = GenerateRequest(
+        model=f.str("model"),
+        prompt=prompt or "",
+        suffix=f.str("suffix"),
+        options=opts,
+        keep_alive=_keep_alive(f),
+    )
+    so = f.obj("stream_options") or {}
+    return req, f.bool("stream", False), bool(so.get("include_usage"))
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{random.randrange(999)}"
+
+
+def finish_reason(chunk: Chunk, *, tool_calls: bool = False) -> str | None:
+    if tool_calls and chunk.done_reason in ("stop", None):
+        return "tool_calls"
+    if chunk.done_reason == "length":
+        return "length"
+    return "stop" if chunk.done else None
+
+
+def usage(m: Metrics | None) -> dict[str, int]:
+    p = m.prompt_eval_count if m else 0
+    c = m.eval_count if m else 0
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def tool_call(c: ToolCall, index: int) -> dict[str, Any]:
+    return {
+        "id": c.id or f"call_{random.getrandbits(40):010x}"[:13],
+        "index": index,
+        "type": "function",
+        "function": {"name": c.name, "arguments": orjson.dumps(dict(c.arguments)).decode()},
+    }
+
+
+def chat_completion(
+    cid: str,
+    model: str,
+    created: int,
+    text: str,
+    thinking: str,
+    calls: list[ToolCall],
+    final: Chunk,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if thinking:
+        message["reasoning"] = thinking
+    if calls:
+        message["tool_calls"] = [tool_call(c, i) for i, c in enumerate(calls)]
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_ollama",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": finish_reason(final, tool_calls=bool(calls)),
+            }
+        ],
+        "usage": usage(final.metrics),
+    }
+
+
+def chat_chunk(
+    cid: str, model: str, created: int, delta: dict[str, Any], finish: str | None
+) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def usage_chunk(cid: str, model: str, created: int, obj: str, m: Metrics | None) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_ollama",
+        "choices": [],
+        "usage": usage(m),
+    }
+
+
+def completion(cid: str, model: str, created: int, text: str, final: Chunk) -> dict[str, Any]:
+    return {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"text": text, "index": 0, "finish_reason": finish_reason(final)}],
+        "usage": usage(final.metrics),
+    }
+
+
+def completion_chunk(
+    cid: str, model: str, text: str, finish: str | None, with_usage: bool
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": cid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"text": text, "index": 0, "finish_reason": finish}],
+    }
+    if with_usage:
+        out["usage"] = usage(None)
+    return out
+
+
+def model_entry(spec: ModelSpec, model_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": model_id or spec.name,
+        "object": "model",
+        "created": int(spec.modified_at),
+        "owned_by": spec.namespace,
+    }
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def sse_error(exc: BridgeError) -> bytes:
+    return b"data: " + error_body(exc.message, status_of(exc), openai=True).rstrip(b"\n") + b"\n\n"
+
+
+def body(obj: Any) -> bytes:
+    return orjson.dumps(obj) + b"\n"

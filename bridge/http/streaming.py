@@ -1,0 +1,78 @@
+"""Writing response streams (NDJSON, SSE): status before the first byte, errors in-band after.
+
+The first item is pulled before anything is sent, so an error that can be known up front still
+gets its real status. After the first byte an error becomes one last in-band record. A client
+that goes away is not an error: the stream's iterator is closed, which stops the generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from bridge.errors import BridgeError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Raised by aiohttp when writing to a connection the client has closed.
+_GONE = (ConnectionResetError, ConnectionError)
+
+
+async def stream_response(
+    request: web.Request,
+    items: AsyncIterator[T],
+    *,
+    encode: Callable[[T], bytes],
+    encode_error: Callable[[BridgeError], bytes],
+    content_type: str,
+    trailer: bytes = b"",
+) -> web.StreamResponse:
+    try:
+        try:
+            first = await anext(items)
+        except StopAsyncIteration:
+            first = None
+        response = web.StreamResponse(status=200)
+        response.content_type = content_type
+        if content_type == "text/event-stream":
+            response.headers["Cache-Control"] = "no-cache"
+        await response.prepare(request)
+        try:
+            if first is not None:
+                await response.write(encode(first))
+                async for item in items:
+                    await response.write(encode(item))
+            if trailer:
+                await response.write(trailer)
+        except BridgeError as exc:
+            log.warning("%s %s failed mid-stream: %s", request.method, request.path, exc.message)
+            with contextlib.suppress(*_GONE):
+                await response.write(encode_error(exc))
+        except _GONE:
+            log.debug("%s %s: client went away", request.method, request.path)
+            return response
+        with contextlib.suppress(*_GONE):
+            await response.write_eof()
+        return response
+    finally:
+        await _aclose(items)
+
+
+async def collect(items: AsyncIterator[T]) -> list[T]:
+    """Every item (for stream:false), closing the iterator whatever happens."""
+    try:
+        return [item async for item in items]
+    finally:
+        await _aclose(items)
+
+
+async def _aclose(items: AsyncIterator[T]) -> None:
+    close = getattr(items, "aclose", None)
+    if close is not None:
+        await close()

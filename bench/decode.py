@@ -60,6 +60,7 @@ class Sample:
     decode_tps: float  # (eval_count - 1) / (t_last_token - t_first_token)
     server_tps: float | None = None  # bridge only: eval_count / eval_duration
     server_ttft_s: float | None = None  # bridge only: prompt_eval_duration
+    other_cpu: float | None = None  # cores kept busy by other processes meanwhile (Linux)
     text: str = ""
 
 
@@ -291,11 +292,53 @@ class BridgeServer:
         self._log.close()
 
 
+class CpuMeter:
+    """CPU used by processes other than this one and the bridge server, from /proc (Linux).
+
+    The bench machine may be shared; llama.cpp's threads wait on each other at every step, so
+    one busy core elsewhere can slow decoding by far more than its share. Each sample records
+    how many cores others kept busy while it ran, so a disturbed number can be recognised.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+            ours = 0.0
+            for pid in self.pids:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+                ours += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, ValueError, IndexError):
+            return None
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = sum(v) - v[3] - v[4]  # all but idle and iowait
+        return busy / tick, ours / tick, time.monotonic()
+
+    def cores(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None or end[2] <= self._start[2]:
+            return None
+        others = (end[0] - self._start[0]) - (end[1] - self._start[1])
+        return max(0.0, others) / (end[2] - self._start[2])
+
+
 def _rate(n: int, t_first: float, t_last: float) -> float:
     return (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else 0.0
 
 
 # --- report ---------------------------------------------------------------------------------
+
+
+CONTENTION_CORES = 0.25
+
+
+def _cores(v: float | None) -> str:
+    return f"{v:5.2f}" if v is not None else "  n/a"
 
 
 def median(values: list[float]) -> float:
@@ -325,6 +368,7 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
         "paired_decode_ratio_median": median([x.decode_tps / y.decode_tps for y, x in pairs]),
         "same_prompt_tokens": all(x.prompt_tokens == y.prompt_tokens for x, y in pairs),
         "same_output_text": all(x.text == y.text for x, y in pairs),
+        "other_cpu_max": max((s.other_cpu for s in timed if s.other_cpu is not None), default=None),
     }
     out["decode_ratio"] = out["bridge"]["decode_tps_median"] / out["direct"]["decode_tps_median"]
     out["server_decode_ratio"] = (
@@ -339,15 +383,15 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
 def print_report(samples: list[Sample], summary: dict[str, Any]) -> None:
     print()
     head = f"{'round':>5} {'side':<7} {'prompt':>6} {'tokens':>6} {'TTFT ms':>8} {'decode t/s':>10}"
-    print(head + f" {'server t/s':>10} {'server TTFT ms':>14}")
-    print("-" * (len(head) + 26))
+    print(head + f" {'server t/s':>10} {'server TTFT ms':>14} {'other CPU':>9}")
+    print("-" * (len(head) + 36))
     for s in samples:
         rnd = "warm" if s.round == 0 else str(s.round)
         server = f"{s.server_tps:10.1f}" if s.server_tps is not None else f"{'':>10}"
-        sttft = f"{1000 * s.server_ttft_s:14.1f}" if s.server_ttft_s is not None else ""
+        sttft = f"{1000 * s.server_ttft_s:14.1f}" if s.server_ttft_s is not None else " " * 14
         print(
             f"{rnd:>5} {s.side:<7} {s.prompt_tokens:6d} {s.eval_count:6d} "
-            f"{1000 * s.ttft_s:8.1f} {s.decode_tps:10.1f} {server} {sttft}"
+            f"{1000 * s.ttft_s:8.1f} {s.decode_tps:10.1f} {server} {sttft} {_cores(s.other_cpu):>9}"
         )
     d, b = summary["direct"], summary["bridge"]
     print()
@@ -371,6 +415,12 @@ def print_report(samples: list[Sample], summary: dict[str, Any]) -> None:
         f"identical prompt tokens: {summary['same_prompt_tokens']}; "
         f"identical output text: {summary['same_output_text']}"
     )
+    busy = summary["other_cpu_max"]
+    if busy is not None and busy > CONTENTION_CORES:
+        print(
+            f"WARNING: other processes kept up to {busy:.2f} cores busy during a timed run; "
+            "the numbers are disturbed (rerun on a quiet machine)"
+        )
     verdict = "MET" if summary["target_met"] else "NOT MET"
     print(f"target: {summary['target']} -> {summary['decode_ratio']:.3f} ({verdict})")
 
@@ -404,12 +454,15 @@ def main() -> int:
             sides: tuple[Runner, Runner] = (direct, server)
             for rnd, prompt in enumerate(prompts):
                 for side in sides:
+                    meter = CpuMeter([os.getpid(), server.proc.pid])
                     s = side.run(prompt, opts, rnd)
+                    s.other_cpu = meter.cores()
                     samples.append(s)
                     label = "warm-up" if rnd == 0 else f"round {rnd}"
                     print(
                         f"  {label:<8} {s.side:<7} {s.eval_count:4d} tokens  "
-                        f"ttft {1000 * s.ttft_s:7.1f} ms  {s.decode_tps:7.1f} t/s",
+                        f"ttft {1000 * s.ttft_s:7.1f} ms  {s.decode_tps:7.1f} t/s  "
+                        f"other CPU {_cores(s.other_cpu)}",
                         flush=True,
                     )
             if server.proc.poll() is not None:

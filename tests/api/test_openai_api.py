@@ -1,0 +1,155 @@
+"""The /v1/* protocol with the official openai client and raw HTTP, against real SmolLM2."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import SMOL
+
+MSGS = [{"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture
+async def oai(server: TestServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=str(server.make_url("/v1")), api_key="unused", max_retries=0
+    ) as client:
+        yield client
+
+
+def sse_events(body: bytes) -> list[bytes]:
+    assert body.endswith(b"data: [DONE]\n\n")
+    events = body.split(b"\n\n")[:-2]  # the last two: "data: [DONE]" and ""
+    assert all(e.startswith(b"data: ") for e in events)
+    return [e[len(b"data: "):] for e in events]
+
+
+async def test_models(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    listed = await oai.models.list()
+    ids = {m.id for m in listed.data}
+    assert SMOL in ids
+    entry = next(m for m in listed.data if m.id == SMOL)
+    assert entry.owned_by == "library" and entry.object == "model" and entry.created > 0
+    one = await oai.models.retrieve(SMOL)
+    assert one.id == SMOL
+    with pytest.raises(openai.NotFoundError) as err:
+        await oai.models.retrieve("ghost")
+    assert err.value.status_code == 404
+    r = await http.get("/v1/models/ghost")
+    assert r.json() == {"error": {"message": "model 'ghost:latest' not found",
+                                  "type": "not_found_error", "param": None, "code": None}}
+
+
+async def test_chat_completion(oai: openai.AsyncOpenAI) -> None:
+    resp = await oai.chat.completions.create(model=SMOL, messages=MSGS, max_tokens=8, seed=1)
+    assert resp.object == "chat.completion" and resp.model == SMOL
+    assert resp.id.startswith("chatcmpl-") and resp.system_fingerprint == "fp_ollama"
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert resp.usage is not None
+    assert resp.usage.completion_tokens == 8
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + 8
+
+
+async def test_chat_stream_with_usage(oai: openai.AsyncOpenAI) -> None:
+    stream = await oai.chat.completions.create(
+        model=SMOL, messages=MSGS, max_completion_tokens=6, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    *content, finish, usage = chunks
+    assert content[0].choices[0].delta.role == "assistant"
+    assert all(c.choices[0].finish_reason is None for c in content)
+    assert finish.choices[0].finish_reason == "length"
+    assert usage.choices == [] and usage.usage is not None
+    assert usage.usage.completion_tokens == 6
+    assert len({c.id for c in chunks}) == 1
+
+
+async def test_chat_stream_framing(http: httpx.AsyncClient) -> None:
+    r = await http.post("/v1/chat/completions", json={
+        "model": SMOL, "messages": MSGS, "max_tokens": 4, "stream": True,
+    })
+    assert r.headers["content-type"] == "text/event-stream"
+    events = [orjson.loads(e) for e in sse_events(r.content)]
+    assert events[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "length"}
+    assert all("usage" not in e for e in events)
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+
+
+async def test_json_response_format(oai: openai.AsyncOpenAI) -> None:
+    resp = await oai.chat.completions.create(
+        model=SMOL, temperature=0, max_tokens=400,
+        messages=[{"role": "user", "content": "Describe a dog as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "dog", "schema": {
+            "type": "object", "properties": {"name": {"type": "string"}},
+            "required": ["name"],
+        }}},
+    )
+    content = resp.choices[0].message.content
+    assert content is not None
+    assert isinstance(orjson.loads(content)["name"], str)
+
+
+async def test_stop_and_seed(oai: openai.AsyncOpenAI) -> None:
+    async def run(seed: int) -> str:
+        r = await oai.chat.completions.create(
+            model=SMOL, messages=MSGS, max_tokens=16, seed=seed, temperature=1.0,
+        )
+        return r.choices[0].message.content or ""
+
+    await run(0)  # same cache state for the compared runs
+    assert await run(3) == await run(3)
+    base = await run(5)
+    stopped = await oai.chat.completions.create(
+        model=SMOL, messages=MSGS, max_tokens=16, seed=5, temperature=1.0, stop=[base[4:7]],
+    )
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].message.content == base[: base.index(base[4:7])]
+
+
+async def test_completions(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    resp = await oai.completions.create(model=SMOL, prompt="Once upon a time", max_tokens=5)
+    assert resp.object == "text_completion" and resp.choices[0].text
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.completion_tokens == 5
+    stream = await oai.completions.create(
+        model=SMOL, prompt="Once upon a time", max_tokens=5, stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    assert chunks[-2].choices[0].finish_reason == "length"
+    r = await http.post("/v1/completions", json={"model": SMOL, "prompt": "x", "stop": [1]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "invalid type for 'stop' field: float64"
+
+
+async def test_errors_in_openai_shape(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
+    with pytest.raises(openai.NotFoundError) as nf:
+        await oai.chat.completions.create(model="ghost", messages=MSGS)
+    assert nf.value.status_code == 404
+    r = await http.post("/v1/chat/completions", json={"model": "ghost", "messages": MSGS})
+    assert r.json() == {"error": {"message": "model 'ghost' not found",
+                                  "type": "not_found_error", "param": None, "code": None}}
+    r = await http.post("/v1/chat/completions", content=b"{")
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and set(err) == {"message", "type", "param", "code"}
+    r = await http.post("/v1/chat/completions", json={"model": SMOL, "messages": []})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "[] is too short - 'messages'"
+    r = await http.post("/v1/chat/completions", json={"model": SMOL, "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
+    ]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith("image URLs are not currently supported")
+    r = await http.post("/v1/chat/completions", json={"model": "bad name!", "messages": MSGS})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "invalid model name"

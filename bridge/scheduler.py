@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -130,10 +131,13 @@ class Scheduler:
             if task is None:
                 task = asyncio.create_task(self._load(key, spec, options))
                 self._loading[key] = task
-                task.add_done_callback(lambda _t, k=key: self._loading.pop(k, None))
+                task.add_done_callback(functools.partial(self._loaded, key))
             runner = await asyncio.shield(task)
             if runner.options == options:
                 return runner
+
+    def _loaded(self, key: str, _task: asyncio.Task[Runner]) -> None:
+        self._loading.pop(key, None)
 
     async def _load(self, key: str, spec: ModelSpec, options: LoadOptions) -> Runner:
         async with self._load_lock:

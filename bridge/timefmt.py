@@ -29,7 +29,7 @@ def local(epoch: float) -> str:
     """File times (`modified_at`, `expires_at`): local time with its offset, `Z` for UTC."""
     if math.isinf(epoch):
         epoch = time.time() + _MAX_DURATION_S
-    ns_total = int(round(epoch * 1e9))
+    ns_total = round(epoch * 1e9)
     secs, ns = divmod(ns_total, 1_000_000_000)
     dt = datetime.datetime.fromtimestamp(secs).astimezone()
     offset = dt.utcoffset() or datetime.timedelta(0)

@@ -80,24 +80,40 @@ class Store:
             ("license", license),
         ):
             if value is not None:
-                layers.append({"mediaType": f"application/vnd.ollama.image.{kind}",
-                               **self.blob(value.encode())})
+                layers.append(
+                    {
+                        "mediaType": f"application/vnd.ollama.image.{kind}",
+                        **self.blob(value.encode()),
+                    }
+                )
         if params is not None:
-            layers.append({"mediaType": "application/vnd.ollama.image.params",
-                           **self.blob(orjson.dumps(params))})
+            layers.append(
+                {
+                    "mediaType": "application/vnd.ollama.image.params",
+                    **self.blob(orjson.dumps(params)),
+                }
+            )
         if messages is not None:
-            layers.append({"mediaType": "application/vnd.ollama.image.messages",
-                           **self.blob(orjson.dumps(messages))})
-        cfg = config if config is not None else {
-            "model_format": "gguf",
-            "model_family": "llama",
-            "model_families": ["llama"],
-            "model_type": "134.52M",
-            "file_type": "Q4_1",
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": []},
-        }
+            layers.append(
+                {
+                    "mediaType": "application/vnd.ollama.image.messages",
+                    **self.blob(orjson.dumps(messages)),
+                }
+            )
+        cfg = (
+            config
+            if config is not None
+            else {
+                "model_format": "gguf",
+                "model_family": "llama",
+                "model_families": ["llama"],
+                "model_type": "134.52M",
+                "file_type": "Q4_1",
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": []},
+            }
+        )
         manifest = {
             "schemaVersion": 2,
             "mediaType": MANIFEST_TYPE,

@@ -6,6 +6,7 @@ import logging
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from bridge.errors import (
     BridgeError,
@@ -85,7 +86,7 @@ def internal_error(request: web.BaseRequest) -> web.Response:
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Domain errors -> protocol error bodies; aiohttp's 404/405 -> gin's plain-text replies."""
     try:
         return await handler(request)

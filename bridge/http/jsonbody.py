@@ -96,7 +96,7 @@ class Fields:
     def raw(self, name: str) -> Any:
         return self.data.get(name)
 
-    def str(self, name: str, default: str = "") -> str:
+    def string(self, name: str, default: str = "") -> str:
         v = self.data.get(name)
         if v is None:
             return default
@@ -104,10 +104,10 @@ class Fields:
             raise self._bad(name, v, "string")
         return v
 
-    def opt_str(self, name: str) -> str | None:
-        return self.str(name) if self.has(name) else None
+    def opt_string(self, name: str) -> str | None:
+        return self.string(name) if self.has(name) else None
 
-    def bool(self, name: str, default: bool) -> bool:
+    def boolean(self, name: str, default: bool) -> bool:
         v = self.data.get(name)
         if v is None:
             return default
@@ -115,7 +115,7 @@ class Fields:
             raise self._bad(name, v, "bool")
         return v
 
-    def int(self, name: str) -> int | None:
+    def integer(self, name: str) -> int | None:
         v = self.data.get(name)
         if v is None:
             return None
@@ -125,7 +125,7 @@ class Fields:
             raise self._bad(name, v, "int")
         return int(v)
 
-    def float(self, name: str) -> float | None:
+    def number(self, name: str) -> float | None:
         v = self.data.get(name)
         if v is None:
             return None
@@ -133,7 +133,7 @@ class Fields:
             raise self._bad(name, v, "float64")
         return float(v)
 
-    def obj(self, name: str, go_type: str = "map[string]interface {}") -> dict[str, Any] | None:
+    def object(self, name: str, go_type: str = "map[string]interface {}") -> dict[str, Any] | None:
         v = self.data.get(name)
         if v is None:
             return None
@@ -141,7 +141,7 @@ class Fields:
             raise self._bad(name, v, go_type)
         return v
 
-    def list(self, name: str, go_type: str = "[]interface {}") -> list[Any] | None:
+    def array(self, name: str, go_type: str = "[]interface {}") -> list[Any] | None:
         v = self.data.get(name)
         if v is None:
             return None
@@ -149,8 +149,8 @@ class Fields:
             raise self._bad(name, v, go_type)
         return v
 
-    def int_list(self, name: str) -> list[int] | None:
-        items = self.list(name, "[]int")
+    def int_array(self, name: str) -> list[int] | None:
+        items = self.array(name, "[]int")
         if items is None:
             return None
         for item in items:
@@ -158,8 +158,8 @@ class Fields:
                 raise self._bad(name, item, "int")
         return items
 
-    def str_list(self, name: str, go_type: str = "[]string") -> list[str] | None:
-        items = self.list(name, go_type)
+    def str_array(self, name: str, go_type: str = "[]string") -> list[str] | None:
+        items = self.array(name, go_type)
         if items is None:
             return None
         for item in items:

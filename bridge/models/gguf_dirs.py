@@ -61,7 +61,7 @@ def _group_folder(paths: list[Path]) -> list[GGUFFile]:
             splits.setdefault(m.group("stem"), []).append(p)
         else:
             singles.append((stem, p))
-    models = [(stem, (p,)) for stem, p in singles]
+    models: list[tuple[str, tuple[Path, ...]]] = [(stem, (p,)) for stem, p in singles]
     models += [(stem, tuple(sorted(ps))) for stem, ps in splits.items()]
     models.sort(key=lambda m: m[1][0])
 
@@ -86,7 +86,8 @@ def _projector_owner(proj: Path, stems: list[str]) -> str | None:
     name = proj.name.lower().replace("mmproj", "")
     best, best_len = None, 0
     for stem in stems:
-        n = len(os.path.commonprefix([name.strip("-_."), stem.lower()]))
+        # A character prefix of the file names, not a path prefix.
+        n = len(os.path.commonprefix([name.strip("-_."), stem.lower()]))  # noqa: RUF071
         if n > best_len:
             best, best_len = stem, n
     return best

@@ -65,7 +65,11 @@ async def test_tags_lists_store_and_gguf_folder(http: httpx.AsyncClient, store: 
         "embedding_length": 576,
     }
     g = models[GGUF_NAME]["details"]
-    assert (g["family"], g["parameter_size"], g["quantization_level"]) == ("llama", "134.52M", "Q4_1")
+    assert (g["family"], g["parameter_size"], g["quantization_level"]) == (
+        "llama",
+        "134.52M",
+        "Q4_1",
+    )
 
 
 async def test_client_list_and_show(client: ollama.AsyncClient) -> None:
@@ -112,11 +116,18 @@ async def test_generate_stream_framing(http: httpx.AsyncClient) -> None:
     assert final["done"] is True and final["done_reason"] == "length"
     assert final["response"] == ""
     assert final["eval_count"] == 8
-    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration",
-                "eval_duration"):
+    for key in (
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_duration",
+    ):
         assert isinstance(final[key], int) and final[key] > 0, key
     assert final["created_at"].endswith("Z")
-    assert isinstance(final["context"], list) and len(final["context"]) >= final["prompt_eval_count"]
+    assert (
+        isinstance(final["context"], list) and len(final["context"]) >= final["prompt_eval_count"]
+    )
 
 
 async def test_generate_not_streamed(http: httpx.AsyncClient) -> None:
@@ -130,30 +141,61 @@ async def test_generate_not_streamed(http: httpx.AsyncClient) -> None:
     body = r.json()
     assert body["done"] is True and body["response"]
     assert body["eval_count"] == 8
-    streamed = await http.post("/api/generate", json={"model": SMOL, "prompt": "Hi", "options": GREEDY})
+    streamed = await http.post(
+        "/api/generate", json={"model": SMOL, "prompt": "Hi", "options": GREEDY}
+    )
     assert "".join(o["response"] for o in lines(streamed)) == body["response"]
 
 
 async def test_generate_raw_and_context(http: httpx.AsyncClient) -> None:
     raw = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    r = await http.post("/api/generate", json={
-        "model": SMOL, "prompt": raw, "raw": True, "stream": False, "options": GREEDY,
-    })
+    r = await http.post(
+        "/api/generate",
+        json={
+            "model": SMOL,
+            "prompt": raw,
+            "raw": True,
+            "stream": False,
+            "options": GREEDY,
+        },
+    )
     body = r.json()
     assert "context" not in body  # raw replies carry no context
-    templated = (await http.post("/api/generate", json={
-        "model": SMOL, "prompt": "Hi", "stream": False, "options": GREEDY,
-    })).json()
+    templated = (
+        await http.post(
+            "/api/generate",
+            json={
+                "model": SMOL,
+                "prompt": "Hi",
+                "stream": False,
+                "options": GREEDY,
+            },
+        )
+    ).json()
     assert templated["context"]
-    r = await http.post("/api/generate", json={
-        "model": SMOL, "prompt": "x", "raw": True, "system": "s",
-    })
+    r = await http.post(
+        "/api/generate",
+        json={
+            "model": SMOL,
+            "prompt": "x",
+            "raw": True,
+            "system": "s",
+        },
+    )
     assert r.status_code == 400
     assert r.json() == {"error": "raw mode does not support template, system, or context"}
-    follow = (await http.post("/api/generate", json={
-        "model": SMOL, "prompt": "And?", "context": templated["context"], "stream": False,
-        "options": GREEDY,
-    })).json()
+    follow = (
+        await http.post(
+            "/api/generate",
+            json={
+                "model": SMOL,
+                "prompt": "And?",
+                "context": templated["context"],
+                "stream": False,
+                "options": GREEDY,
+            },
+        )
+    ).json()
     assert follow["prompt_eval_count"] > len(templated["context"])
 
 
@@ -171,19 +213,29 @@ async def test_chat_with_client(client: ollama.AsyncClient) -> None:
 
 
 async def test_model_is_echoed_and_matched_case_insensitively(http: httpx.AsyncClient) -> None:
-    r = await http.post("/api/chat", json={
-        "model": "SmolLM2:135M", "messages": [{"role": "user", "content": "hi"}],
-        "stream": False, "options": GREEDY,
-    })
+    r = await http.post(
+        "/api/chat",
+        json={
+            "model": "SmolLM2:135M",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": False,
+            "options": GREEDY,
+        },
+    )
     assert r.status_code == 200 and r.json()["model"] == "SmolLM2:135M"
 
 
 async def test_json_format(http: httpx.AsyncClient) -> None:
-    r = await http.post("/api/chat", json={
-        "model": SMOL, "format": "json", "stream": False,
-        "messages": [{"role": "user", "content": "Give me a JSON object describing a cat."}],
-        "options": {"temperature": 0, "num_predict": 400},
-    })
+    r = await http.post(
+        "/api/chat",
+        json={
+            "model": SMOL,
+            "format": "json",
+            "stream": False,
+            "messages": [{"role": "user", "content": "Give me a JSON object describing a cat."}],
+            "options": {"temperature": 0, "num_predict": 400},
+        },
+    )
     text = r.json()["message"]["content"]
     assert isinstance(orjson.loads(text), dict | list | str | int | float)
 
@@ -192,29 +244,56 @@ async def test_json_format(http: httpx.AsyncClient) -> None:
         "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
         "required": ["name", "age"],
     }
-    r = await http.post("/api/generate", json={
-        "model": SMOL, "format": schema, "stream": False, "prompt": "Describe a person.",
-        "options": {"temperature": 0, "num_predict": 400},
-    })
+    r = await http.post(
+        "/api/generate",
+        json={
+            "model": SMOL,
+            "format": schema,
+            "stream": False,
+            "prompt": "Describe a person.",
+            "options": {"temperature": 0, "num_predict": 400},
+        },
+    )
     value = orjson.loads(r.json()["response"])
     assert set(value) == {"name", "age"} and isinstance(value["age"], int)
 
 
 async def test_stop_strings(http: httpx.AsyncClient) -> None:
-    base = (await http.post("/api/generate", json={
-        "model": SMOL, "prompt": "Count from 1 to 20.", "stream": False,
-        "options": {"temperature": 0, "num_predict": 40},
-    })).json()["response"]
-    base = (await http.post("/api/generate", json={
-        "model": SMOL, "prompt": "Count from 1 to 20.", "stream": False,
-        "options": {"temperature": 0, "num_predict": 40},
-    })).json()["response"]  # from the same (cached) state as the next request
+    base = (
+        await http.post(
+            "/api/generate",
+            json={
+                "model": SMOL,
+                "prompt": "Count from 1 to 20.",
+                "stream": False,
+                "options": {"temperature": 0, "num_predict": 40},
+            },
+        )
+    ).json()["response"]
+    base = (
+        await http.post(
+            "/api/generate",
+            json={
+                "model": SMOL,
+                "prompt": "Count from 1 to 20.",
+                "stream": False,
+                "options": {"temperature": 0, "num_predict": 40},
+            },
+        )
+    ).json()["response"]  # from the same (cached) state as the next request
     assert len(base) > 10
     stop = base[5:8]
-    r = (await http.post("/api/generate", json={
-        "model": SMOL, "prompt": "Count from 1 to 20.", "stream": False,
-        "options": {"temperature": 0, "num_predict": 40, "stop": [stop]},
-    })).json()
+    r = (
+        await http.post(
+            "/api/generate",
+            json={
+                "model": SMOL,
+                "prompt": "Count from 1 to 20.",
+                "stream": False,
+                "options": {"temperature": 0, "num_predict": 40, "stop": [stop]},
+            },
+        )
+    ).json()
     assert r["done_reason"] == "stop"
     assert r["response"] == base[: base.index(stop)]
 
@@ -222,9 +301,16 @@ async def test_stop_strings(http: httpx.AsyncClient) -> None:
 async def test_seed_repeatability_and_num_predict(http: httpx.AsyncClient) -> None:
     def body(seed: int) -> dict[str, Any]:
         return {
-            "model": SMOL, "prompt": "Tell me a story.", "stream": False,
-            "options": {"temperature": 1.0, "top_k": 100, "top_p": 1.0, "seed": seed,
-                        "num_predict": 24},
+            "model": SMOL,
+            "prompt": "Tell me a story.",
+            "stream": False,
+            "options": {
+                "temperature": 1.0,
+                "top_k": 100,
+                "top_p": 1.0,
+                "seed": seed,
+                "num_predict": 24,
+            },
         }
 
     await http.post("/api/generate", json=body(1))  # same cache state for a, b and c
@@ -243,8 +329,16 @@ async def test_load_and_unload_with_empty_prompt(http: httpx.AsyncClient) -> Non
     ps = (await http.get("/api/ps")).json()["models"]
     assert [m["name"] for m in ps] == [SMOL]
     assert ps[0]["context_length"] == 4096 and ps[0]["size"] > 0
-    assert set(ps[0]) == {"name", "model", "size", "digest", "details", "expires_at",
-                          "size_vram", "context_length"}
+    assert set(ps[0]) == {
+        "name",
+        "model",
+        "size",
+        "digest",
+        "details",
+        "expires_at",
+        "size_vram",
+        "context_length",
+    }
     r = await http.post("/api/chat", json={"model": SMOL, "messages": [], "keep_alive": 0})
     body = r.json()
     assert body["done_reason"] == "unload"
@@ -273,10 +367,13 @@ async def test_bad_bodies(http: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json()["error"].startswith("invalid character 'n'")
     r = await http.post("/api/generate", json={"model": SMOL, "prompt": 5})
     assert r.status_code == 400
-    assert r.json() == {"error": "json: cannot unmarshal number into Go struct field "
-                                 "GenerateRequest.prompt of type string"}
-    r = await http.post("/api/generate", json={"model": SMOL, "prompt": "x",
-                                               "options": {"num_ctx": "big"}})
+    assert r.json() == {
+        "error": "json: cannot unmarshal number into Go struct field "
+        "GenerateRequest.prompt of type string"
+    }
+    r = await http.post(
+        "/api/generate", json={"model": SMOL, "prompt": "x", "options": {"num_ctx": "big"}}
+    )
     assert r.status_code == 500  # as Ollama answers option type errors
     assert r.json() == {"error": 'option "num_ctx" must be of type integer'}
     r = await http.post("/api/generate", json={"model": SMOL, "prompt": "x", "keep_alive": "300"})
@@ -299,9 +396,13 @@ async def test_cors(http: httpx.AsyncClient) -> None:
     r = await http.get("/api/tags", headers={"Origin": "http://localhost:3000"})
     assert r.status_code == 200
     assert r.headers["access-control-allow-origin"] == "http://localhost:3000"
-    r = await http.options("/api/chat", headers={
-        "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
-    })
+    r = await http.options(
+        "/api/chat",
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+        },
+    )
     assert r.status_code == 204
 
 
@@ -330,10 +431,14 @@ async def test_missing_blob_is_reported_when_used(
     store = Store(tmp_path / "models")
     store.add(SMOL, model=smollm2, params=PARAMS)
     store.add("broken:latest", model=smollm2, params=PARAMS)
-    manifest = orjson.loads((store.root / "manifests/registry.ollama.ai/library/broken/latest").read_bytes())
+    manifest = orjson.loads(
+        (store.root / "manifests/registry.ollama.ai/library/broken/latest").read_bytes()
+    )
     # Point the broken model at weights that are not in the store.
     manifest["layers"][0]["digest"] = "sha256:" + "ab" * 32
-    (store.root / "manifests/registry.ollama.ai/library/broken/latest").write_bytes(orjson.dumps(manifest))
+    (store.root / "manifests/registry.ollama.ai/library/broken/latest").write_bytes(
+        orjson.dumps(manifest)
+    )
     server = await start(settings_for(store))
     async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as http:
         names = {m["name"] for m in (await http.get("/api/tags")).json()["models"]}
@@ -341,9 +446,15 @@ async def test_missing_blob_is_reported_when_used(
         r = await http.post("/api/generate", json={"model": "broken", "prompt": "hi"})
         assert r.status_code == 500
         assert "missing" in r.json()["error"] and "sha256-" + "ab" * 32 in r.json()["error"]
-        r = await http.post("/api/generate", json={
-            "model": SMOL, "prompt": "hi", "stream": False, "options": GREEDY,
-        })
+        r = await http.post(
+            "/api/generate",
+            json={
+                "model": SMOL,
+                "prompt": "hi",
+                "stream": False,
+                "options": GREEDY,
+            },
+        )
         assert r.status_code == 200 and r.json()["done"]
 
 
@@ -356,30 +467,52 @@ async def test_corrupt_gguf_never_breaks_listing(
     async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as http:
         names = {m["name"] for m in (await http.get("/api/tags")).json()["models"]}
         assert names == {GGUF_NAME, "broken:latest"}
-        r = await http.post("/api/chat", json={
-            "model": "broken", "messages": [{"role": "user", "content": "hi"}],
-        })
+        r = await http.post(
+            "/api/chat",
+            json={
+                "model": "broken",
+                "messages": [{"role": "user", "content": "hi"}],
+            },
+        )
         assert r.status_code == 500
         assert "broken.gguf" in r.json()["error"]
-        r = await http.post("/api/generate", json={
-            "model": GGUF_NAME, "prompt": "hi", "stream": False, "options": GREEDY,
-        })
+        r = await http.post(
+            "/api/generate",
+            json={
+                "model": GGUF_NAME,
+                "prompt": "hi",
+                "stream": False,
+                "options": GREEDY,
+            },
+        )
         assert r.status_code == 200
 
 
 async def test_client_disconnect_frees_the_slot(http: httpx.AsyncClient) -> None:
     # num_predict -1 runs until the 4096-token context is full: far longer than the test
     # timeout, so the second request only finishes if the first one was stopped.
-    async with http.stream("POST", "/api/generate", json={
-        "model": SMOL, "prompt": "Write an endless story.", "options": {"num_predict": -1},
-    }) as r:
+    async with http.stream(
+        "POST",
+        "/api/generate",
+        json={
+            "model": SMOL,
+            "prompt": "Write an endless story.",
+            "options": {"num_predict": -1},
+        },
+    ) as r:
         seen = 0
         async for line in r.aiter_lines():
             if line:
                 seen += 1
             if seen == 3:
                 break
-    r2 = await http.post("/api/generate", json={
-        "model": SMOL, "prompt": "hi", "stream": False, "options": GREEDY,
-    })
+    r2 = await http.post(
+        "/api/generate",
+        json={
+            "model": SMOL,
+            "prompt": "hi",
+            "stream": False,
+            "options": GREEDY,
+        },
+    )
     assert r2.status_code == 200 and r2.json()["eval_count"] == 8

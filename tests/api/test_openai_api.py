@@ -27,7 +27,7 @@ def sse_events(body: bytes) -> list[bytes]:
     assert body.endswith(b"data: [DONE]\n\n")
     events = body.split(b"\n\n")[:-2]  # the last two: "data: [DONE]" and ""
     assert all(e.startswith(b"data: ") for e in events)
-    return [e[len(b"data: "):] for e in events]
+    return [e[len(b"data: ") :] for e in events]
 
 
 async def test_models(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
@@ -42,8 +42,14 @@ async def test_models(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
         await oai.models.retrieve("ghost")
     assert err.value.status_code == 404
     r = await http.get("/v1/models/ghost")
-    assert r.json() == {"error": {"message": "model 'ghost:latest' not found",
-                                  "type": "not_found_error", "param": None, "code": None}}
+    assert r.json() == {
+        "error": {
+            "message": "model 'ghost:latest' not found",
+            "type": "not_found_error",
+            "param": None,
+            "code": None,
+        }
+    }
 
 
 async def test_chat_completion(oai: openai.AsyncOpenAI) -> None:
@@ -60,7 +66,11 @@ async def test_chat_completion(oai: openai.AsyncOpenAI) -> None:
 
 async def test_chat_stream_with_usage(oai: openai.AsyncOpenAI) -> None:
     stream = await oai.chat.completions.create(
-        model=SMOL, messages=MSGS, max_completion_tokens=6, temperature=0, stream=True,
+        model=SMOL,
+        messages=MSGS,
+        max_completion_tokens=6,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = [c async for c in stream]
@@ -74,9 +84,15 @@ async def test_chat_stream_with_usage(oai: openai.AsyncOpenAI) -> None:
 
 
 async def test_chat_stream_framing(http: httpx.AsyncClient) -> None:
-    r = await http.post("/v1/chat/completions", json={
-        "model": SMOL, "messages": MSGS, "max_tokens": 4, "stream": True,
-    })
+    r = await http.post(
+        "/v1/chat/completions",
+        json={
+            "model": SMOL,
+            "messages": MSGS,
+            "max_tokens": 4,
+            "stream": True,
+        },
+    )
     assert r.headers["content-type"] == "text/event-stream"
     events = [orjson.loads(e) for e in sse_events(r.content)]
     assert events[-1]["choices"][0] == {"index": 0, "delta": {}, "finish_reason": "length"}
@@ -86,12 +102,21 @@ async def test_chat_stream_framing(http: httpx.AsyncClient) -> None:
 
 async def test_json_response_format(oai: openai.AsyncOpenAI) -> None:
     resp = await oai.chat.completions.create(
-        model=SMOL, temperature=0, max_tokens=400,
+        model=SMOL,
+        temperature=0,
+        max_tokens=400,
         messages=[{"role": "user", "content": "Describe a dog as JSON."}],
-        response_format={"type": "json_schema", "json_schema": {"name": "dog", "schema": {
-            "type": "object", "properties": {"name": {"type": "string"}},
-            "required": ["name"],
-        }}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {
+                "name": "dog",
+                "schema": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}},
+                    "required": ["name"],
+                },
+            },
+        },
     )
     content = resp.choices[0].message.content
     assert content is not None
@@ -101,7 +126,11 @@ async def test_json_response_format(oai: openai.AsyncOpenAI) -> None:
 async def test_stop_and_seed(oai: openai.AsyncOpenAI) -> None:
     async def run(seed: int) -> str:
         r = await oai.chat.completions.create(
-            model=SMOL, messages=MSGS, max_tokens=16, seed=seed, temperature=1.0,
+            model=SMOL,
+            messages=MSGS,
+            max_tokens=16,
+            seed=seed,
+            temperature=1.0,
         )
         return r.choices[0].message.content or ""
 
@@ -109,7 +138,12 @@ async def test_stop_and_seed(oai: openai.AsyncOpenAI) -> None:
     assert await run(3) == await run(3)
     base = await run(5)
     stopped = await oai.chat.completions.create(
-        model=SMOL, messages=MSGS, max_tokens=16, seed=5, temperature=1.0, stop=[base[4:7]],
+        model=SMOL,
+        messages=MSGS,
+        max_tokens=16,
+        seed=5,
+        temperature=1.0,
+        stop=[base[4:7]],
     )
     assert stopped.choices[0].finish_reason == "stop"
     assert stopped.choices[0].message.content == base[: base.index(base[4:7])]
@@ -121,7 +155,10 @@ async def test_completions(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> 
     assert resp.choices[0].finish_reason == "length"
     assert resp.usage is not None and resp.usage.completion_tokens == 5
     stream = await oai.completions.create(
-        model=SMOL, prompt="Once upon a time", max_tokens=5, stream=True,
+        model=SMOL,
+        prompt="Once upon a time",
+        max_tokens=5,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = [c async for c in stream]
@@ -137,18 +174,38 @@ async def test_errors_in_openai_shape(oai: openai.AsyncOpenAI, http: httpx.Async
         await oai.chat.completions.create(model="ghost", messages=MSGS)
     assert nf.value.status_code == 404
     r = await http.post("/v1/chat/completions", json={"model": "ghost", "messages": MSGS})
-    assert r.json() == {"error": {"message": "model 'ghost' not found",
-                                  "type": "not_found_error", "param": None, "code": None}}
+    assert r.json() == {
+        "error": {
+            "message": "model 'ghost' not found",
+            "type": "not_found_error",
+            "param": None,
+            "code": None,
+        }
+    }
     r = await http.post("/v1/chat/completions", content=b"{")
     assert r.status_code == 400
     err = r.json()["error"]
-    assert err["type"] == "invalid_request_error" and set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error" and set(err) == {
+        "message",
+        "type",
+        "param",
+        "code",
+    }
     r = await http.post("/v1/chat/completions", json={"model": SMOL, "messages": []})
     assert r.status_code == 400
     assert r.json()["error"]["message"] == "[] is too short - 'messages'"
-    r = await http.post("/v1/chat/completions", json={"model": SMOL, "messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]},
-    ]})
+    r = await http.post(
+        "/v1/chat/completions",
+        json={
+            "model": SMOL,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}],
+                },
+            ],
+        },
+    )
     assert r.status_code == 400
     assert r.json()["error"]["message"].startswith("image URLs are not currently supported")
     r = await http.post("/v1/chat/completions", json={"model": "bad name!", "messages": MSGS})

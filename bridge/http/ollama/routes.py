@@ -62,7 +62,10 @@ async def show(request: web.Request) -> web.Response:
     name = wire.model_field(f, required_msg="model is required")
     parse_name(name)
     info = await request.app[SERVICE].show(
-        name, verbose=f.bool("verbose", False), system=f.opt_str("system"), options=f.obj("options")
+        name,
+        verbose=f.boolean("verbose", False),
+        system=f.opt_string("system"),
+        options=f.object("options"),
     )
     spec = info.spec
     out: dict[str, Any] = {}

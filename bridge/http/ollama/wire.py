@@ -53,7 +53,9 @@ def fmt(f: Fields) -> str | dict[str, Any] | None:
     v = f.raw("format")
     if v is None or v == "" or v == "null":
         return None
-    if v == "json" or isinstance(v, dict):
+    if v == "json":
+        return "json"
+    if isinstance(v, dict):
         return v
     raw = orjson.dumps(v).decode()
     # Ollama reports this one as a 500; a 400 tells the client it is their input.
@@ -83,7 +85,7 @@ def _bad_b64_index(s: str) -> int:
 
 
 def model_field(f: Fields, *, required_msg: str | None = None) -> str:
-    name = f.str("model") or f.str("name")
+    name = f.string("model") or f.string("name")
     if not name and required_msg:
         raise InvalidRequest(required_msg, param="model")
     return name
@@ -92,43 +94,43 @@ def model_field(f: Fields, *, required_msg: str | None = None) -> str:
 def decode_generate(data: dict[str, Any]) -> tuple[GenerateRequest, bool]:
     f = Fields(data, "GenerateRequest")
     req = GenerateRequest(
-        model=f.str("model"),
-        prompt=f.str("prompt"),
-        suffix=f.str("suffix"),
-        system=f.opt_str("system"),
-        template=f.opt_str("template") or None,
-        context=tuple(c) if (c := f.int_list("context")) is not None else None,
-        raw=f.bool("raw", False),
-        images=images(f.list("images", "[]api.ImageData"), "GenerateRequest.images"),
-        options=parse_options(f.obj("options")),
+        model=f.string("model"),
+        prompt=f.string("prompt"),
+        suffix=f.string("suffix"),
+        system=f.opt_string("system"),
+        template=f.opt_string("template") or None,
+        context=tuple(c) if (c := f.int_array("context")) is not None else None,
+        raw=f.boolean("raw", False),
+        images=images(f.array("images", "[]api.ImageData"), "GenerateRequest.images"),
+        options=parse_options(f.object("options")),
         format=fmt(f),
         keep_alive=keep_alive(f),
         think=think(f),
     )
-    return req, f.bool("stream", True)
+    return req, f.boolean("stream", True)
 
 
 def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool]:
     f = Fields(data, "ChatRequest")
     messages = tuple(
-        _message(m, i) for i, m in enumerate(f.list("messages", "[]api.Message") or ())
+        _message(m, i) for i, m in enumerate(f.array("messages", "[]api.Message") or ())
     )
-    tools = f.list("tools", "api.Tools") or []
+    tools = f.array("tools", "api.Tools") or []
     for t in tools:
         if not isinstance(t, dict):
             raise InvalidRequest(
                 "json: cannot unmarshal into Go struct field ChatRequest.tools of type api.Tool"
             )
     req = ChatRequest(
-        model=f.str("model"),
+        model=f.string("model"),
         messages=messages,
-        options=parse_options(f.obj("options")),
+        options=parse_options(f.object("options")),
         format=fmt(f),
         tools=tuple(tools),
         keep_alive=keep_alive(f),
         think=think(f),
     )
-    return req, f.bool("stream", True)
+    return req, f.boolean("stream", True)
 
 
 def _message(m: Any, i: int) -> Message:
@@ -138,7 +140,7 @@ def _message(m: Any, i: int) -> Message:
         )
     f = Fields(m, "ChatRequest.messages")
     calls = []
-    for n, c in enumerate(f.list("tool_calls", "[]api.ToolCall") or ()):
+    for n, c in enumerate(f.array("tool_calls", "[]api.ToolCall") or ()):
         fn = c.get("function") if isinstance(c, dict) else None
         if not isinstance(fn, dict):
             raise InvalidRequest("invalid tool call: missing function")
@@ -156,13 +158,13 @@ def _message(m: Any, i: int) -> Message:
             )
         )
     return Message(
-        role=f.str("role").lower(),
-        content=f.str("content"),
-        images=images(f.list("images", "[]api.ImageData"), "ChatRequest.messages.images"),
-        thinking=f.opt_str("thinking"),
+        role=f.string("role").lower(),
+        content=f.string("content"),
+        images=images(f.array("images", "[]api.ImageData"), "ChatRequest.messages.images"),
+        thinking=f.opt_string("thinking"),
         tool_calls=tuple(calls),
-        tool_name=f.opt_str("tool_name"),
-        tool_call_id=f.opt_str("tool_call_id"),
+        tool_name=f.opt_string("tool_name"),
+        tool_call_id=f.opt_string("tool_call_id"),
     )
 
 

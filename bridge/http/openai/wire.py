@@ -73,7 +73,7 @@ def _go_type(v: Any) -> str:
 
 
 def _format(f: Fields) -> Any:
-    rf = f.obj("response_format")
+    rf = f.object("response_format")
     if not rf:
         return None
     kind = rf.get("type")
@@ -90,46 +90,46 @@ def _format(f: Fields) -> Any:
 
 
 def _max_tokens(f: Fields) -> int | None:
-    n = f.int("max_tokens")
-    return n if n is not None else f.int("max_completion_tokens")
+    n = f.integer("max_tokens")
+    return n if n is not None else f.integer("max_completion_tokens")
 
 
 def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool, bool]:
     """-> (request, stream, include_usage)."""
     f = Fields(data, "ChatCompletionRequest")
-    raw_messages = f.list("messages", "[]openai.Message")
+    raw_messages = f.array("messages", "[]openai.Message")
     if not raw_messages:
         raise InvalidRequest("[] is too short - 'messages'", param="messages")
     messages: list[Message] = []
     for m in raw_messages:
         messages.extend(_messages(m, messages))
-    temperature = f.float("temperature")
-    top_p = f.float("top_p")
+    temperature = f.number("temperature")
+    top_p = f.number("top_p")
     opts = Options(
         temperature=1.0 if temperature is None else temperature,
         top_p=1.0 if top_p is None else top_p,
         num_predict=_max_tokens(f),
-        seed=f.int("seed"),
+        seed=f.integer("seed"),
         stop=_stop(f, strict=False),
-        frequency_penalty=f.float("frequency_penalty"),
-        presence_penalty=f.float("presence_penalty"),
+        frequency_penalty=f.number("frequency_penalty"),
+        presence_penalty=f.number("presence_penalty"),
     )
     req = ChatRequest(
-        model=f.str("model"),
+        model=f.string("model"),
         messages=tuple(messages),
         options=opts,
         format=_format(f),
-        tools=tuple(t for t in (f.list("tools") or ()) if isinstance(t, dict)),
+        tools=tuple(t for t in (f.array("tools") or ()) if isinstance(t, dict)),
         keep_alive=_keep_alive(f),
         think=_reasoning(f),
     )
-    so = f.obj("stream_options") or {}
-    return req, f.bool("stream", False), bool(so.get("include_usage"))
+    so = f.object("stream_options") or {}
+    return req, f.boolean("stream", False), bool(so.get("include_usage"))
 
 
 def _reasoning(f: Fields) -> bool | str | None:
     effort = f.raw("reasoning_effort")
-    reasoning = f.obj("reasoning")
+    reasoning = f.object("reasoning")
     if effort is None and reasoning:
         effort = reasoning.get("effort")
     if effort is None:
@@ -233,26 +233,26 @@ def decode_completion(data: dict[str, Any]) -> tuple[GenerateRequest, bool, bool
     prompt = f.raw("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise InvalidRequest("prompt must be a string", param="prompt")
-    temperature = f.float("temperature")
-    top_p = f.float("top_p")
+    temperature = f.number("temperature")
+    top_p = f.number("top_p")
     opts = Options(
         temperature=1.0 if temperature is None else temperature,
         top_p=top_p if top_p else 1.0,
         num_predict=_max_tokens(f),
-        seed=f.int("seed"),
+        seed=f.integer("seed"),
         stop=_stop(f, strict=True),
-        frequency_penalty=f.float("frequency_penalty") or 0.0,
-        presence_penalty=f.float("presence_penalty") or 0.0,
+        frequency_penalty=f.number("frequency_penalty") or 0.0,
+        presence_penalty=f.number("presence_penalty") or 0.0,
     )
     req = GenerateRequest(
-        model=f.str("model"),
+        model=f.string("model"),
         prompt=prompt or "",
-        suffix=f.str("suffix"),
+        suffix=f.string("suffix"),
         options=opts,
         keep_alive=_keep_alive(f),
     )
-    so = f.obj("stream_options") or {}
-    return req, f.bool("stream", False), bool(so.get("include_usage"))
+    so = f.object("stream_options") or {}
+    return req, f.boolean("stream", False), bool(so.get("include_usage"))
 
 
 # --- responses -----------------------------------------------------------------------------

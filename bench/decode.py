@@ -83,11 +83,23 @@ def physical_cores() -> int:
     return cores()
 
 
-def render_prompt(llm: llama_cpp.Llama, topic: str) -> str:
-    """The model's own chat template, rendered once here and sent raw to both sides."""
+PHRASINGS = (
+    "Write a long, detailed story about {topic}.",
+    "Tell me a long story about {topic}, with many details.",
+    "Please write a long and vivid tale about {topic}.",
+)
+
+
+def render_prompt(llm: llama_cpp.Llama, topic: str, take: int = 0) -> str:
+    """The model's own chat template, rendered once here and sent raw to both sides.
+
+    `take` picks another phrasing for a repeated round, so that neither side finds the whole
+    prompt already in its KV cache.
+    """
     template = llm.metadata["tokenizer.chat_template"]
     env = jinja2.sandbox.ImmutableSandboxedEnvironment()
-    messages = [{"role": "user", "content": f"Write a long, detailed story about {topic}."}]
+    content = PHRASINGS[take % len(PHRASINGS)].format(topic=topic)
+    messages = [{"role": "user", "content": content}]
     return env.from_string(template).render(
         messages=messages, add_generation_prompt=True, bos_token="", eos_token=""
     )
@@ -327,6 +339,40 @@ class CpuMeter:
         return max(0.0, others) / (end[2] - self._start[2])
 
 
+def machine_busy_cores(interval: float = 0.5) -> float | None:
+    """Cores the whole machine kept busy over `interval` seconds (Linux /proc/stat)."""
+
+    def busy() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+    a = busy()
+    time.sleep(interval)
+    b = busy()
+    return None if a is None or b is None else (b - a) / interval
+
+
+def wait_quiet(max_wait: float) -> None:
+    """Wait (up to `max_wait` s) until other processes leave the CPUs nearly idle."""
+    deadline = time.monotonic() + max_wait
+    told = False
+    while max_wait > 0:
+        cores = machine_busy_cores()
+        if cores is None or cores < CONTENTION_CORES:
+            return
+        if time.monotonic() > deadline:
+            print(f"  machine still busy ({cores:.2f} cores); going on anyway", flush=True)
+            return
+        if not told:
+            print(f"  machine busy ({cores:.2f} cores used by others); waiting ...", flush=True)
+            told = True
+        time.sleep(1.0)
+
+
 def _rate(n: int, t_first: float, t_last: float) -> float:
     return (n - 1) / (t_last - t_first) if n > 1 and t_last > t_first else 0.0
 
@@ -421,6 +467,8 @@ def print_report(samples: list[Sample], summary: dict[str, Any]) -> None:
             f"WARNING: other processes kept up to {busy:.2f} cores busy during a timed run; "
             "the numbers are disturbed (rerun on a quiet machine)"
         )
+    if summary.get("repeated_rounds"):
+        print(f"rounds repeated because others used the CPUs: {summary['repeated_rounds']}")
     verdict = "MET" if summary["target_met"] else "NOT MET"
     print(f"target: {summary['target']} -> {summary['decode_ratio']:.3f} ({verdict})")
 
@@ -432,6 +480,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="0 = physical cores (as bridge)")
     parser.add_argument("--ctx", type=int, default=4096, help="n_ctx / num_ctx")
     parser.add_argument("--batch", type=int, default=512, help="n_batch / num_batch")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=300.0,
+        help="before each round, wait up to this many seconds for other processes to leave "
+        "the CPUs idle (0 = do not wait)",
+    )
+    parser.add_argument(
+        "--tries", type=int, default=3, help="attempts per round disturbed by other processes"
+    )
     parser.add_argument("--model", default="", help="GGUF file (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--out", type=Path, default=RESULTS / "decode.json")
     args = parser.parse_args()
@@ -444,33 +502,44 @@ def main() -> int:
         f"{args.tokens} tokens, {args.rounds} rounds, greedy"
     )
     direct = Direct(path, args)
-    prompts = [render_prompt(direct.llm, WARMUP_TOPIC)]
-    prompts += [render_prompt(direct.llm, TOPICS[i % len(TOPICS)]) for i in range(args.rounds)]
+    topics = [WARMUP_TOPIC] + [TOPICS[i % len(TOPICS)] for i in range(args.rounds)]
     samples: list[Sample] = []
+    discarded: list[Sample] = []
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
         server = BridgeServer(path, Path(tmp))
         try:
             sides: tuple[Runner, Runner] = (direct, server)
-            for rnd, prompt in enumerate(prompts):
-                for side in sides:
-                    meter = CpuMeter([os.getpid(), server.proc.pid])
-                    s = side.run(prompt, opts, rnd)
-                    s.other_cpu = meter.cores()
-                    samples.append(s)
-                    label = "warm-up" if rnd == 0 else f"round {rnd}"
-                    print(
-                        f"  {label:<8} {s.side:<7} {s.eval_count:4d} tokens  "
-                        f"ttft {1000 * s.ttft_s:7.1f} ms  {s.decode_tps:7.1f} t/s  "
-                        f"other CPU {_cores(s.other_cpu)}",
-                        flush=True,
-                    )
+            for rnd, topic in enumerate(topics):
+                for take in range(args.tries):
+                    wait_quiet(args.quiet_wait)
+                    prompt = render_prompt(direct.llm, topic, take)
+                    pair: list[Sample] = []
+                    for side in sides:
+                        meter = CpuMeter([os.getpid(), server.proc.pid])
+                        s = side.run(prompt, opts, rnd)
+                        s.other_cpu = meter.cores()
+                        pair.append(s)
+                        label = "warm-up" if rnd == 0 else f"round {rnd}"
+                        print(
+                            f"  {label:<8} {s.side:<7} {s.eval_count:4d} tokens  "
+                            f"ttft {1000 * s.ttft_s:7.1f} ms  {s.decode_tps:7.1f} t/s  "
+                            f"other CPU {_cores(s.other_cpu)}",
+                            flush=True,
+                        )
+                    disturbed = any((s.other_cpu or 0.0) > CONTENTION_CORES for s in pair)
+                    if rnd == 0 or not disturbed or take == args.tries - 1:
+                        break
+                    print("  disturbed by other processes; repeating the round", flush=True)
+                    discarded.extend(pair)
+                samples.extend(pair)
             if server.proc.poll() is not None:
                 server.fail(f"bridge exited with code {server.proc.returncode}")
         finally:
             server.close()
 
     summary = summarize(samples)
+    summary["repeated_rounds"] = len(discarded) // 2
     print_report(samples, summary)
     result = {
         "benchmark": "decode",
@@ -486,6 +555,7 @@ def main() -> int:
         "params": {**vars(args), "out": str(args.out), "options": opts},
         "summary": summary,
         "samples": [asdict(s) for s in samples],
+        "discarded_samples": [asdict(s) for s in discarded],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

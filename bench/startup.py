@@ -150,6 +150,25 @@ def busy_cpu_s() -> float | None:
     return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_quiet(max_wait: float, below: float = 0.25) -> None:
+    """Wait (up to `max_wait` s) until other processes leave the CPUs nearly idle."""
+    deadline = time.monotonic() + max_wait
+    told = False
+    while max_wait > 0:
+        a = busy_cpu_s()
+        time.sleep(0.5)
+        b = busy_cpu_s()
+        if a is None or b is None or (b - a) / 0.5 < below:
+            return
+        if time.monotonic() > deadline:
+            print(f"  machine still busy ({(b - a) / 0.5:.2f} cores); going on anyway", flush=True)
+            return
+        if not told:
+            print(f"  machine busy ({(b - a) / 0.5:.2f} cores); waiting ...", flush=True)
+            told = True
+        time.sleep(1.0)
+
+
 def children_cpu_s() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
@@ -229,9 +248,10 @@ def measure(store: Path, count: int, run: int, log_path: Path, timeout: float) -
     )
 
 
-def python_baseline(code: str, runs: int) -> list[float]:
+def python_baseline(code: str, runs: int, quiet_wait: float) -> list[float]:
     times: list[float] = []
     for _ in range(runs):
+        wait_quiet(quiet_wait)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
         times.append(time.perf_counter() - t0)
@@ -250,6 +270,13 @@ def main() -> int:
     parser.add_argument("--models", type=int, default=500, help="models in the store")
     parser.add_argument("--runs", type=int, default=5, help="fresh server starts")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per start")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=300.0,
+        help="before each start, wait up to this many seconds for other processes to leave "
+        "the CPUs idle (0 = do not wait)",
+    )
     parser.add_argument(
         "--keep-store", type=Path, default=None, help="build (or reuse) the store here"
     )
@@ -272,12 +299,13 @@ def main() -> int:
         print(f"  {len(blobs)} blobs, {store_bytes / 1e6:.1f} MB, {build_s:.1f} s")
 
         print("python baselines ...", flush=True)
-        bare = python_baseline("pass", args.runs)
-        imports = python_baseline("import bridge.app", args.runs)
+        bare = python_baseline("pass", args.runs, args.quiet_wait)
+        imports = python_baseline("import bridge.app", args.runs, args.quiet_wait)
 
         runs: list[Run] = []
         for i in range(1, args.runs + 1):
             log_path = tmp / f"bridge-{i}.log"
+            wait_quiet(args.quiet_wait)
             try:
                 r = measure(store, args.models, i, log_path, args.timeout)
             except Failed as exc:

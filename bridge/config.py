@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,15 +66,18 @@ def _keep_alive(v: Any) -> float:
     return 300.0 if parsed is None else parsed
 
 
+_LOG_LEVELS = {
+    "1": "debug", "true": "debug", "debug": "debug", "2": "debug", "trace": "debug",
+    "": "info", "0": "info", "false": "info", "info": "info",
+    "warn": "warning", "warning": "warning", "error": "error",
+}
+
+
 def _log_level(v: Any) -> str:
-    s = str(v).strip().lower()
-    if s in ("1", "true", "debug", "2", "trace"):
-        return "debug"
-    if s in ("", "0", "false", "info"):
-        return "info"
-    if s in ("warning", "warn", "error"):
-        return s.replace("warn", "warning").replace("warninging", "warning")
-    raise ValueError(f"unknown log level {v!r}")
+    level = _LOG_LEVELS.get(str(v).strip().lower())
+    if level is None:
+        raise ValueError(f"unknown log level {v!r}")
+    return level
 
 
 def _demo(v: Any) -> str:
@@ -276,5 +279,34 @@ def _read_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def setting_names() -> Sequence[str]:
-    return [s.name for s in SETTINGS]
+def render_config_file() -> str:
+    """The commented config file (config/bridge.toml): every setting with its default."""
+    out = [
+        "# bridge configuration. Every setting is shown with its default, commented out.",
+        "# Precedence: command-line flags > environment > this file > defaults.",
+        "# Use it with `bridge serve --config PATH` or BRIDGE_CONFIG=PATH.",
+        "",
+    ]
+    for s in SETTINGS:
+        out.append(f"# {s.help}")
+        if s.env:
+            out.append(f"# Environment: {s.env}.")
+        out.append(f"# {s.name} = {_toml(s.default)}")
+        out.append("")
+    out += [
+        "# Other names for models: a request for the alias is served by the target model.",
+        "[aliases]",
+        '# "gpt-4o-mini" = "llama3.2:latest"',
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,101 @@
+"""Finding models: Ollama's store, GGUF folders (splits, projectors, clashes), aliases, demo."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import InvalidModelName
+from bridge.models.resolver import Resolver
+from tests.ggufgen import write_tiny_gguf
+from tests.store import Store
+
+
+def names(specs: list) -> set[str]:  # type: ignore[type-arg]
+    return {s.name for s in specs}
+
+
+async def test_gguf_folder_naming_splits_and_projectors(tmp_path: Path) -> None:
+    d = tmp_path / "g"
+    (d / "sub").mkdir(parents=True)
+    write_tiny_gguf(d / "Llama-3.2-1B-Instruct-Q4_K_M.gguf")
+    for i in (1, 2, 3):
+        write_tiny_gguf(d / "sub" / f"Big-Model-0000{i}-of-00003.gguf")
+    write_tiny_gguf(d / "sub" / "mmproj-Big-Model-f16.gguf", arch="clip")
+    r = Resolver(store_dir=tmp_path / "none", gguf_dirs=(str(d),), demo="off")
+    specs = {s.name: s for s in await r.list()}
+    assert set(specs) == {"llama-3.2-1b-instruct-q4_k_m:latest", "big-model:latest"}
+    big = specs["big-model:latest"]
+    assert big.model_path.endswith("Big-Model-00001-of-00003.gguf")
+    assert [Path(p).name for p in big.projectors] == ["mmproj-Big-Model-f16.gguf"]
+    assert big.details.families == ("llama", "clip")
+    assert (await r.find("Big-Model")) is big
+
+
+async def test_name_clashes_resolve_the_same_way_every_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write_tiny_gguf(a / "model.gguf")
+    write_tiny_gguf(b / "Model.gguf")
+    store = Store(tmp_path / "store")
+    tiny = write_tiny_gguf(tmp_path / "tiny.gguf")
+    store.add("model:latest", model=tiny)
+    with caplog.at_level(logging.WARNING):
+        r = Resolver(store_dir=store.root, gguf_dirs=(str(a), str(b)), demo="off")
+        first = {s.name: s.source + ":" + s.model_path for s in await r.list()}
+        second = {s.name: s.source + ":" + s.model_path for s in await r.list()}
+    assert first == second
+    assert first["model:latest"].startswith("ollama:")  # the store wins
+    assert first["model-2:latest"].endswith("a/model.gguf")
+    assert first["model-3:latest"].endswith("b/Model.gguf")
+    assert sum("is taken" in rec.message for rec in caplog.records) == 2  # logged once each
+
+
+async def test_store_matching_aliases_and_invalid_names(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    tiny = write_tiny_gguf(tmp_path / "tiny.gguf")
+    store.add("Llama3:8B", model=tiny)
+    store.add("hf-model:q4", model=tiny, host="hf.co", namespace="someone")
+    (store.root / "manifests/registry.ollama.ai/library/too-deep/x").mkdir(parents=True)
+    (store.root / "manifests/registry.ollama.ai/library/too-deep/x/latest").write_text("{}")
+    (store.root / "manifests/registry.ollama.ai/library/junk").mkdir(parents=True)
+    (store.root / "manifests/registry.ollama.ai/library/junk/latest").write_text("not json")
+    r = Resolver(store_dir=store.root, aliases={"gpt-4o": "llama3:8b"}, demo="off")
+    assert names(await r.list()) == {"Llama3:8B", "hf.co/someone/hf-model:q4"}
+    spec = await r.find("llama3:8b")
+    assert spec is not None and spec.name == "Llama3:8B"
+    assert await r.find("gpt-4o") is spec
+    assert await r.find("registry.ollama.ai/library/LLAMA3:8b") is spec
+    assert await r.find("llama3") is None  # :latest is another model; never fall back
+    assert (await r.find("hf.co/someone/hf-model:q4")) is not None
+    with pytest.raises(InvalidModelName):
+        await r.find("bad name")
+
+
+async def test_demo_model_only_when_nothing_else(tmp_path: Path) -> None:
+    r = Resolver(store_dir=tmp_path / "empty", demo="auto")
+    assert names(await r.list()) == {"smollm2:latest"}
+    store = Store(tmp_path / "store")
+    store.add("mine:latest", model=write_tiny_gguf(tmp_path / "t.gguf"))
+    r = Resolver(store_dir=store.root, demo="auto")
+    assert names(await r.list()) == {"mine:latest"}
+    r = Resolver(store_dir=store.root, demo="on")
+    assert names(await r.list()) == {"mine:latest", "smollm2:latest"}
+    r = Resolver(store_dir=tmp_path / "empty", demo="off")
+    assert await r.list() == []
+
+
+async def test_changed_manifest_is_reread(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    tiny = write_tiny_gguf(tmp_path / "tiny.gguf")
+    store.add("m:latest", model=tiny)
+    r = Resolver(store_dir=store.root, demo="off")
+    before = (await r.list())[0]
+    store.add("m:latest", model=tiny, system="You are terse.")
+    after = (await r.list())[0]
+    assert after.digest != before.digest and after.system == "You are terse."

@@ -60,7 +60,11 @@ class Sample:
     decode_tps: float  # (eval_count - 1) / (t_last_token - t_first_token)
     server_tps: float | None = None  # bridge only: eval_count / eval_duration
     server_ttft_s: float | None = None  # bridge only: prompt_eval_duration
-    other_cpu: float | None = None  # cores kept busy by other processes meanwhile (Linux)
+    # Cores kept busy while the sample ran (Linux; None elsewhere): by other processes, by
+    # this process (the direct model, or the HTTP client) and by the bridge server.
+    other_cpu: float | None = None
+    bench_cpu: float | None = None
+    server_cpu: float | None = None
     text: str = ""
 
 
@@ -305,38 +309,41 @@ class BridgeServer:
 
 
 class CpuMeter:
-    """CPU used by processes other than this one and the bridge server, from /proc (Linux).
+    """CPU time over one sample, from /proc (Linux): this process, the bridge server, others.
 
     The bench machine may be shared; llama.cpp's threads wait on each other at every step, so
     one busy core elsewhere can slow decoding by far more than its share. Each sample records
-    how many cores others kept busy while it ran, so a disturbed number can be recognised.
+    how many cores others kept busy while it ran, so a disturbed number can be recognised, and
+    how much CPU this process (the direct model, or the HTTP client) and the server used.
     """
 
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
+    def __init__(self, server_pid: int) -> None:
+        self.pids = (os.getpid(), server_pid)
         self._start = self._read()
 
-    def _read(self) -> tuple[float, float, float] | None:
+    def _read(self) -> tuple[float, float, float, float] | None:
+        tick = os.sysconf("SC_CLK_TCK")
         try:
             with open("/proc/stat") as f:
                 v = [int(x) for x in f.readline().split()[1:9]]
-            ours = 0.0
+            procs: list[float] = []
             for pid in self.pids:
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rpartition(")")[2].split()
-                ours += int(fields[11]) + int(fields[12])  # utime, stime
+                procs.append((int(fields[11]) + int(fields[12])) / tick)  # utime + stime
         except (OSError, ValueError, IndexError):
             return None
-        tick = os.sysconf("SC_CLK_TCK")
-        busy = sum(v) - v[3] - v[4]  # all but idle and iowait
-        return busy / tick, ours / tick, time.monotonic()
+        busy = (sum(v) - v[3] - v[4]) / tick  # all but idle and iowait
+        return busy, procs[0], procs[1], time.monotonic()
 
-    def cores(self) -> float | None:
+    def finish(self, sample: Sample) -> None:
         end = self._read()
-        if self._start is None or end is None or end[2] <= self._start[2]:
-            return None
-        others = (end[0] - self._start[0]) - (end[1] - self._start[1])
-        return max(0.0, others) / (end[2] - self._start[2])
+        if self._start is None or end is None or end[3] <= self._start[3]:
+            return
+        busy, bench, server, wall = (e - s for e, s in zip(end, self._start, strict=True))
+        sample.other_cpu = max(0.0, busy - bench - server) / wall
+        sample.bench_cpu = bench / wall
+        sample.server_cpu = server / wall
 
 
 def machine_busy_cores(interval: float = 0.5) -> float | None:
@@ -414,6 +421,7 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
         "paired_decode_ratio_median": median([x.decode_tps / y.decode_tps for y, x in pairs]),
         "same_prompt_tokens": all(x.prompt_tokens == y.prompt_tokens for x, y in pairs),
         "same_output_text": all(x.text == y.text for x, y in pairs),
+        "client_cpu_median": median([s.bench_cpu for s in b if s.bench_cpu is not None]),
         "other_cpu_max": max((s.other_cpu for s in timed if s.other_cpu is not None), default=None),
     }
     out["decode_ratio"] = out["bridge"]["decode_tps_median"] / out["direct"]["decode_tps_median"]
@@ -429,15 +437,19 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
 def print_report(samples: list[Sample], summary: dict[str, Any]) -> None:
     print()
     head = f"{'round':>5} {'side':<7} {'prompt':>6} {'tokens':>6} {'TTFT ms':>8} {'decode t/s':>10}"
-    print(head + f" {'server t/s':>10} {'server TTFT ms':>14} {'other CPU':>9}")
-    print("-" * (len(head) + 36))
+    print(
+        head + f" {'server t/s':>10} {'server TTFT ms':>14} {'bench CPU':>9} {'server CPU':>10}"
+        f" {'other CPU':>9}"
+    )
+    print("-" * (len(head) + 57))
     for s in samples:
         rnd = "warm" if s.round == 0 else str(s.round)
         server = f"{s.server_tps:10.1f}" if s.server_tps is not None else f"{'':>10}"
         sttft = f"{1000 * s.server_ttft_s:14.1f}" if s.server_ttft_s is not None else " " * 14
         print(
             f"{rnd:>5} {s.side:<7} {s.prompt_tokens:6d} {s.eval_count:6d} "
-            f"{1000 * s.ttft_s:8.1f} {s.decode_tps:10.1f} {server} {sttft} {_cores(s.other_cpu):>9}"
+            f"{1000 * s.ttft_s:8.1f} {s.decode_tps:10.1f} {server} {sttft} "
+            f"{_cores(s.bench_cpu):>9} {_cores(s.server_cpu):>10} {_cores(s.other_cpu):>9}"
         )
     d, b = summary["direct"], summary["bridge"]
     print()
@@ -460,6 +472,10 @@ def print_report(samples: list[Sample], summary: dict[str, Any]) -> None:
     print(
         f"identical prompt tokens: {summary['same_prompt_tokens']}; "
         f"identical output text: {summary['same_output_text']}"
+    )
+    print(
+        f"HTTP client (this process) CPU while bridge generated, median: "
+        f"{summary['client_cpu_median']:.2f} cores (CPU columns: cores busy, from /proc)"
     )
     busy = summary["other_cpu_max"]
     if busy is not None and busy > CONTENTION_CORES:
@@ -516,9 +532,9 @@ def main() -> int:
                     prompt = render_prompt(direct.llm, topic, take)
                     pair: list[Sample] = []
                     for side in sides:
-                        meter = CpuMeter([os.getpid(), server.proc.pid])
+                        meter = CpuMeter(server.proc.pid)
                         s = side.run(prompt, opts, rnd)
-                        s.other_cpu = meter.cores()
+                        meter.finish(s)
                         pair.append(s)
                         label = "warm-up" if rnd == 0 else f"round {rnd}"
                         print(

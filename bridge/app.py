@@ -13,6 +13,7 @@ from bridge.engine.base import Engine
 from bridge.http.cors import allowed_origins, host_guard_middleware, install_cors
 from bridge.http.errors import error_middleware
 from bridge.http.keys import SERVICE, SETTINGS
+from bridge.http.middleware import install_request_ids
 from bridge.http.ollama.routes import add_routes as add_ollama_routes
 from bridge.http.openai.routes import add_routes as add_openai_routes
 from bridge.models.resolver import Resolver
@@ -39,6 +40,7 @@ def create_app(
     install_cors(app, allowed_origins(settings.origins))
     if settings.address.is_loopback:
         app.middlewares.append(host_guard_middleware(hostname=socket.gethostname()))
+    install_request_ids(app)
     app.middlewares.append(error_middleware)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_service_ctx(engine_factory or _default_engine))

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from bridge import OLLAMA_COMPAT_VERSION, __version__
 from bridge.config import SETTINGS, ConfigError, Settings, load_settings
+from bridge.http.middleware import RequestIdFilter
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,10 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"bridge: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s")
     )
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     return serve(settings)
 
 

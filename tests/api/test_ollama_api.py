@@ -36,6 +36,7 @@ async def client(server: TestServer) -> AsyncIterator[ollama.AsyncClient]:
 async def test_root_and_version(http: httpx.AsyncClient) -> None:
     r = await http.get("/")
     assert r.status_code == 200 and r.text == "Ollama is running"
+    assert len(r.headers["x-request-id"]) == 12
     assert r.headers["content-type"] == "text/plain; charset=utf-8"
     assert (await http.head("/")).status_code == 200
     v = (await http.get("/api/version")).json()["version"]

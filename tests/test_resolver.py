@@ -31,6 +31,9 @@ async def test_gguf_folder_naming_splits_and_projectors(tmp_path: Path) -> None:
     assert big.model_path.endswith("Big-Model-00001-of-00003.gguf")
     assert [Path(p).name for p in big.projectors] == ["mmproj-Big-Model-f16.gguf"]
     assert big.details.families == ("llama", "clip")
+    one = specs["llama-3.2-1b-instruct-q4_k_m:latest"]
+    # Each tiny part holds 8x64 + 64 parameters; the split model counts all three parts.
+    assert (one.details.parameter_size, big.details.parameter_size) == ("576", "2K")
     assert (await r.find("Big-Model")) is big
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.domain import ModelDetails, ModelSpec
-from bridge.models.gguf_info import GGUFError, GGUFInfo
+from bridge.models.gguf_info import GGUFError, GGUFInfo, parameter_size_label
 from bridge.models.names import ModelName, sanitize_model_part
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,9 @@ class GGUFFolders:
         details = ModelDetails(format="gguf")
         try:
             info = self._read_gguf(str(f.path))
+            params = info.parameter_count
+            for part in f.parts[1:]:  # a split model's tensors are spread over its parts
+                params += self._read_gguf(str(part)).parameter_count
         except (GGUFError, OSError) as exc:
             problem = f"cannot read {f.path}: {exc}"
             log.warning("%s", problem)
@@ -133,7 +136,7 @@ class GGUFFolders:
                 format="gguf",
                 family=info.architecture,
                 families=families,
-                parameter_size=info.parameter_size,
+                parameter_size=parameter_size_label(params),
                 quantization_level=info.file_type,
                 context_length=info.context_length,
                 embedding_length=info.embedding_length,

@@ -1,0 +1,41 @@
+"""Engine failures injected through the engine_factory seam become clear protocol errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from bridge.domain import LoadOptions, ModelSpec
+from bridge.engine.base import LoadedModel
+from bridge.errors import ModelLoadFailed
+from tests.conftest import SMOL, Start, settings_for
+from tests.store import Store
+
+
+class RefusingEngine:
+    """An engine whose loads fail, as llama.cpp does for an unsupported architecture."""
+
+    loads = 0
+
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:
+        RefusingEngine.loads += 1
+        raise ModelLoadFailed(f"unable to load model {spec.name}: unknown architecture 'nova'")
+
+
+async def test_load_failure_is_a_clear_error_in_both_protocols(
+    start: Start, store: Store, tmp_path: Path
+) -> None:
+    server = await start(settings_for(store), engine_factory=RefusingEngine)
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=30) as http:
+        msgs = [{"role": "user", "content": "hi"}]
+        r = await http.post("/api/chat", json={"model": SMOL, "messages": msgs})
+        assert r.status_code == 500
+        assert r.json() == {"error": f"unable to load model {SMOL}: unknown architecture 'nova'"}
+        r = await http.post("/v1/chat/completions", json={"model": SMOL, "messages": msgs})
+        assert r.status_code == 500
+        assert r.json()["error"]["type"] == "api_error"
+        # Nothing is left half-loaded: the next request tries again and the server still answers.
+        assert (await http.get("/api/ps")).json() == {"models": []}
+        assert RefusingEngine.loads == 2
+        assert (await http.get("/api/tags")).status_code == 200

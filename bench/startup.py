@@ -132,6 +132,7 @@ class Run:
     tags_attempts: int  # /api/tags calls until all models were listed
     models_listed: int
     other_cpu: float | None  # cores kept busy by other processes during the run (Linux)
+    log_problems: list[str]  # WARNING/ERROR lines bridge logged
 
 
 def free_port() -> int:
@@ -245,6 +246,11 @@ def measure(store: Path, count: int, run: int, log_path: Path, timeout: float) -
         tags_attempts=attempts,
         models_listed=listed,
         other_cpu=other,
+        log_problems=[
+            line
+            for line in log_path.read_text(errors="replace").splitlines()
+            if " WARNING " in line or " ERROR " in line or "Traceback" in line
+        ][:20],
     )
 
 
@@ -302,6 +308,19 @@ def main() -> int:
         bare = python_baseline("pass", args.runs, args.quiet_wait)
         imports = python_baseline("import bridge.app", args.runs, args.quiet_wait)
 
+        print("empty-store baseline ...", flush=True)
+        empty = tmp / "empty"
+        empty.mkdir()
+        empty_runs: list[float] = []
+        for i in range(1, args.runs + 1):
+            log_path = tmp / f"bridge-empty-{i}.log"
+            wait_quiet(args.quiet_wait)
+            try:
+                empty_runs.append(measure(empty, 0, i, log_path, args.timeout).first_request_s)
+            except Failed as exc:
+                tail = log_path.read_text(errors="replace")[-4000:]
+                sys.exit(f"empty store, run {i}: {exc}\n--- bridge log (tail) ---\n{tail}")
+
         runs: list[Run] = []
         for i in range(1, args.runs + 1):
             log_path = tmp / f"bridge-{i}.log"
@@ -312,6 +331,8 @@ def main() -> int:
                 tail = log_path.read_text(errors="replace")[-4000:]
                 sys.exit(f"run {i}: {exc}\n--- bridge log (tail) ---\n{tail}")
             runs.append(r)
+            for line in r.log_problems:
+                print(f"    bridge log: {line}")
             print(
                 f"  run {i}: first request {ms(r.first_request_s)} ms, "
                 f"full /api/tags {ms(r.full_tags_s)} ms ({r.models_listed} models)",
@@ -327,6 +348,7 @@ def main() -> int:
         "models": args.models,
         "python_bare_s_median": statistics.median(bare),
         "python_import_bridge_app_s_median": statistics.median(imports),
+        "empty_store_first_request_s_median": statistics.median(empty_runs),
         "first_request_s_median": med("first_request_s"),
         "full_tags_s_median": med("full_tags_s"),
         "first_tags_latency_s_median": med("first_tags_latency_s"),
@@ -353,6 +375,7 @@ def main() -> int:
     rows = (
         ("python -c pass", summary["python_bare_s_median"]),
         ("python -c 'import bridge.app'", summary["python_import_bridge_app_s_median"]),
+        ("empty store: spawn -> first GET /", summary["empty_store_first_request_s_median"]),
         ("spawn -> first answered GET /", summary["first_request_s_median"]),
         (f"spawn -> /api/tags with all {args.models}", summary["full_tags_s_median"]),
         ("first /api/tags request", summary["first_tags_latency_s_median"]),
@@ -380,6 +403,7 @@ def main() -> int:
         "summary": summary,
         "python_bare_s": bare,
         "python_import_bridge_app_s": imports,
+        "empty_store_first_request_s": empty_runs,
         "runs": [asdict(r) for r in runs],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

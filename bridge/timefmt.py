@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import time
 
@@ -21,8 +22,13 @@ def utc_now() -> str:
 
 def utc(epoch_ns: int) -> str:
     secs, ns = divmod(epoch_ns, 1_000_000_000)
-    base = datetime.datetime.fromtimestamp(secs, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{base}{_fraction(ns)}Z"
+    return f"{_utc_seconds(secs)}{_fraction(ns)}Z"
+
+
+@functools.lru_cache(maxsize=8)
+def _utc_seconds(secs: int) -> str:
+    # Every streamed token carries created_at: format each second once.
+    return datetime.datetime.fromtimestamp(secs, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def local(epoch: float) -> str:

@@ -143,12 +143,27 @@ class LlamaCppModel:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
         cancel = threading.Event()
+        # Items from the owner thread wait here; the loop is woken only when it has nothing
+        # pending, so a loop that falls behind drains many tokens per wake-up.
+        pending: list[Chunk | BaseException] = []
+        lock = threading.Lock()
+
+        def drain() -> None:
+            with lock:
+                items = pending.copy()
+                pending.clear()
+            for item in items:
+                queue.put_nowait(item)
 
         def emit(item: Chunk | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                cancel.set()
+            with lock:
+                pending.append(item)
+                wake = len(pending) == 1
+            if wake:
+                try:
+                    loop.call_soon_threadsafe(drain)
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    cancel.set()
 
         job = loop.run_in_executor(self._executor, self._generate, completion, emit, cancel)
         try:

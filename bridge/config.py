@@ -67,9 +67,18 @@ def _keep_alive(v: Any) -> float:
 
 
 _LOG_LEVELS = {
-    "1": "debug", "true": "debug", "debug": "debug", "2": "debug", "trace": "debug",
-    "": "info", "0": "info", "false": "info", "info": "info",
-    "warn": "warning", "warning": "warning", "error": "error",
+    "1": "debug",
+    "true": "debug",
+    "debug": "debug",
+    "2": "debug",
+    "trace": "debug",
+    "": "info",
+    "0": "info",
+    "false": "info",
+    "info": "info",
+    "warn": "warning",
+    "warning": "warning",
+    "error": "error",
 }
 
 

@@ -203,3 +203,4 @@ class ModelSpec:
     messages: tuple[Message, ...] = ()
     license: tuple[str, ...] = ()
     problem: str | None = None  # why it cannot be used (missing blob, corrupt file)
+    source_path: str = ""  # the file whose mtime is `modified_at` (manifest, or the GGUF)

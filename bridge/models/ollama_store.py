@@ -201,6 +201,7 @@ class OllamaStore:
             digest=m.digest,
             size=m.size,
             modified_at=m.mtime,
+            source_path=str(m.path),
             details=details,
             projectors=tuple(projectors),
             adapters=tuple(adapters),

@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -36,6 +37,21 @@ def demo_model_path() -> str | None:
         return None
     path = os.path.join(os.path.dirname(spec.origin), DEMO_FILE)
     return path if os.path.isfile(path) else None
+
+
+# A lookup may reuse a scan this recent (when its file is unchanged); a newer file elsewhere
+# can change which source wins a name, so older scans are redone.
+MAX_SCAN_AGE = 5.0
+
+Index = dict[tuple[str, str, str, str], ModelSpec]
+
+
+def _unchanged(spec: ModelSpec) -> bool:
+    """Whether the file a spec was read from is still the same version."""
+    try:
+        return os.stat(spec.source_path).st_mtime == spec.modified_at
+    except OSError:
+        return False
 
 
 class HeaderCache:
@@ -86,6 +102,8 @@ class Resolver:
         self._demo_spec: ModelSpec | None = None
         self._renames_logged: set[str] = set()
         self._lock = asyncio.Lock()
+        self._last: Index = {}
+        self._scanned_at = 0.0
 
     async def list(self) -> list[ModelSpec]:
         """Every model, newest first (as /api/tags sorts)."""
@@ -95,9 +113,19 @@ class Resolver:
         return specs
 
     async def find(self, raw: str) -> ModelSpec | None:
-        """The model named `raw` (matched case-insensitively, aliases followed), or None."""
+        """The model named `raw` (matched case-insensitively, aliases followed), or None.
+
+        The last scan answers when its entry for the name is still current (one stat of the
+        model's manifest or file); anything else rescans, so models added on disk are found.
+        """
         name = parse_name(raw)
-        index = await self._index()
+        spec = self._lookup(self._last, name)
+        fresh = time.monotonic() - self._scanned_at < MAX_SCAN_AGE
+        if spec is not None and fresh and await asyncio.to_thread(_unchanged, spec):
+            return spec
+        return self._lookup(await self._index(), name)
+
+    def _lookup(self, index: Index, name: ModelName) -> ModelSpec | None:
         spec = index.get(name.key())
         if spec is None:
             target = self._alias_target(name)
@@ -114,13 +142,15 @@ class Resolver:
                 log.warning("ignoring invalid alias %r = %r", alias, target)
         return None
 
-    async def _index(self) -> dict[tuple[str, str, str, str], ModelSpec]:
+    async def _index(self) -> Index:
         # One scan at a time: concurrent requests share the caches instead of racing on them.
         async with self._lock:
-            return await asyncio.to_thread(self._scan)
+            self._last = await asyncio.to_thread(self._scan)
+            self._scanned_at = time.monotonic()
+            return self._last
 
-    def _scan(self) -> dict[tuple[str, str, str, str], ModelSpec]:
-        index: dict[tuple[str, str, str, str], ModelSpec] = {}
+    def _scan(self) -> Index:
+        index: Index = {}
         for spec in self.store.scan():
             index[ModelName.parse(spec.full_name).key()] = spec
         for part, spec in self.folders.scan():
@@ -183,6 +213,7 @@ class Resolver:
             namespace=name.namespace,
             source="demo",
             model_path=path,
+            source_path=path,
             digest=hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest(),
             size=st.st_size,
             modified_at=st.st_mtime,

@@ -16,6 +16,7 @@ from bridge.http.keys import SERVICE, SETTINGS
 from bridge.http.middleware import install_request_ids
 from bridge.http.ollama.routes import add_routes as add_ollama_routes
 from bridge.http.openai.routes import add_routes as add_openai_routes
+from bridge.memory import available_memory
 from bridge.models.resolver import Resolver
 from bridge.scheduler import Scheduler
 from bridge.service import Service
@@ -65,6 +66,8 @@ def _service_ctx(
             default_keep_alive=settings.keep_alive,
             max_loaded=settings.max_loaded_models,
             max_queue=settings.max_queue,
+            memory_budget=settings.memory_budget or int(0.9 * available_memory()),
+            load_cooldown=settings.load_cooldown,
         )
         app[SERVICE] = Service(settings, resolver, scheduler)
         specs = await resolver.list()

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.durations import InvalidDuration, parse_env_keep_alive, parse_keep_alive
+from bridge.durations import (
+    InvalidDuration,
+    parse_env_keep_alive,
+    parse_go_duration,
+    parse_keep_alive,
+)
 from bridge.hostaddr import HostAddr, parse_host
 
 
@@ -104,6 +109,44 @@ def _str(v: Any) -> str:
     return str(v)
 
 
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_bytes(v: Any) -> int:
+    """A size: bytes as a number, or a string such as "8GiB", "512 MB"; "auto" = 0."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return int(v)
+    text = str(v).strip().lower().replace(" ", "")
+    if text in ("auto", ""):
+        return 0
+    num = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(num) :]
+    if unit not in _UNITS or not num:
+        raise ValueError(f"invalid size {v!r} (use bytes or a unit such as 8GiB)")
+    return int(float(num) * _UNITS[unit])
+
+
+def _seconds(v: Any) -> float:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return float(v)
+    text = str(v).strip()
+    try:
+        return float(text)
+    except ValueError:
+        return parse_go_duration(text)
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "host",
@@ -162,6 +205,22 @@ SETTINGS: tuple[Setting, ...] = (
         _int,
     ),
     Setting(
+        "memory_budget",
+        "BRIDGE_MEMORY_BUDGET",
+        "auto",
+        "Memory loaded models may use together (e.g. \"12GiB\"); idle models are evicted to "
+        "stay under it. auto = 90% of the memory available when bridge starts.",
+        parse_bytes,
+    ),
+    Setting(
+        "load_cooldown",
+        "BRIDGE_LOAD_COOLDOWN",
+        "10s",
+        "After a model fails to load, requests for it get the same error for this long before "
+        "bridge tries again.",
+        _seconds,
+    ),
+    Setting(
         "num_thread",
         "BRIDGE_NUM_THREAD",
         0,
@@ -196,7 +255,15 @@ SETTINGS: tuple[Setting, ...] = (
 )
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 # Tables in the config file that are not plain settings.
-TABLES = ("aliases",)
+TABLES = ("aliases", "model")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOverride:
+    """Per-model settings from `[model."<name>"]` tables in the config file."""
+
+    num_parallel: int | None = None
+    pinned: bool = False  # never unloaded, whatever keep_alive says
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +284,10 @@ class Settings:
     demo_model: str = "auto"
     log_level: str = "info"
     log_prompts: bool = False
+    memory_budget: int = 0
+    load_cooldown: float = 10.0
     aliases: Mapping[str, str] = field(default_factory=dict)
+    model_overrides: Mapping[str, ModelOverride] = field(default_factory=dict)
     config_path: str | None = None
 
     @property
@@ -267,7 +337,31 @@ def load_settings(
     aliases = file_values.get("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise ConfigError(f"[aliases] in {path} must map names to model names")
-    return Settings(**values, aliases=dict(aliases), config_path=path)
+    overrides = _model_overrides(file_values.get("model", {}), path)
+    return Settings(**values, aliases=dict(aliases), model_overrides=overrides, config_path=path)
+
+
+def _model_overrides(table: Any, path: str | None) -> dict[str, ModelOverride]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[model] in {path} must be tables of per-model settings")
+    out: dict[str, ModelOverride] = {}
+    for name, values in table.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f'[model."{name}"] in {path} must be a table')
+        unknown = sorted(set(values) - {"num_parallel", "pinned"})
+        if unknown:
+            raise ConfigError(
+                f'[model."{name}"] in {path}: unknown setting(s) {", ".join(unknown)}'
+            )
+        try:
+            parallel = values.get("num_parallel")
+            out[name] = ModelOverride(
+                num_parallel=None if parallel is None else _int(parallel),
+                pinned=_bool(values.get("pinned", False)),
+            )
+        except ValueError as exc:
+            raise ConfigError(f'[model."{name}"] in {path}: {exc}') from exc
+    return out
 
 
 def _strip_quotes(value: str) -> str:
@@ -306,6 +400,12 @@ def render_config_file() -> str:
         "# Other names for models: a request for the alias is served by the target model.",
         "[aliases]",
         '# "gpt-4o-mini" = "llama3.2:latest"',
+        "",
+        "# Per-model settings: parallel slots (instead of num_parallel) and pinning (never",
+        "# unloaded, never evicted).",
+        '# [model."llama3.2:latest"]',
+        "# num_parallel = 4",
+        "# pinned = true",
         "",
     ]
     return "\n".join(out)

@@ -1,15 +1,18 @@
-"""Loaded models and who is using them: load on demand, keep warm, unload when idle.
+"""Loaded models and who is using them: load on demand, keep warm, make room, queue.
 
 Contract:
 - `acquire` returns a `Lease` on a loaded model with one of its parallel slots held. Loads are
   single-flight (concurrent requests for one model share one load) and run one at a time. A
-  request that is cancelled while waiting gives up its place; the load it started goes on,
-  shielded, so that the next request finds the model ready.
-- Each lease holds a reference. When the last reference is released the keep-alive timer starts
-  (the last request's `keep_alive` wins); 0 unloads at once, infinity never.
-- A model with a reference is never unloaded. When `max_loaded` models are loaded, the idle one
-  with the shortest keep-alive (then least recently used) is evicted to make room.
-- At most `max_queue` requests wait at once; beyond that `acquire` raises QueueFull.
+  request cancelled while waiting gives up its place; a load it started goes on, shielded, so
+  the next request finds the model ready.
+- Each lease holds a reference. When the last one is released the keep-alive timer starts (the
+  last request's `keep_alive` wins); 0 unloads at once, infinity (or a pin) never.
+- A model with a reference is never unloaded. To make room (`max_loaded` models, or a memory
+  budget) the idle model with the shortest keep-alive, then the least recently used, goes first;
+  when every loaded model is busy, the load waits for one to become idle.
+- Requests waiting for a load or a slot count against `max_queue`; beyond it, QueueFull.
+- A failed load is remembered for `load_cooldown` seconds and answered with the same error,
+  so a broken model is not reloaded in a tight loop.
 """
 
 from __future__ import annotations
@@ -25,9 +28,18 @@ from dataclasses import dataclass, field
 
 from bridge.domain import LoadOptions, ModelSpec
 from bridge.engine.base import Engine, LoadedModel
-from bridge.errors import QueueFull
+from bridge.errors import BridgeError, ModelLoadFailed, QueueFull
+from bridge.memory import human
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadRequest:
+    spec: ModelSpec
+    options: LoadOptions
+    need: int = 0  # estimated bytes once loaded
+    pinned: bool = False
 
 
 @dataclass(eq=False)
@@ -37,6 +49,8 @@ class Runner:
     model: LoadedModel
     slots: asyncio.Semaphore
     keep_alive: float
+    need: int = 0
+    pinned: bool = False
     refs: int = 0
     last_used: float = field(default_factory=time.monotonic)
     expires_at: float | None = None  # wall-clock epoch seconds; None while in use
@@ -61,13 +75,18 @@ class Scheduler:
         default_keep_alive: float = 300.0,
         max_loaded: int = 3,
         max_queue: int = 512,
+        memory_budget: int = 0,
+        load_cooldown: float = 10.0,
     ) -> None:
         self._engine = engine
         self._default_keep_alive = default_keep_alive
         self._max_loaded = max_loaded if max_loaded > 0 else 3
         self._max_queue = max_queue
+        self._budget = memory_budget  # 0 = no limit
+        self._cooldown = load_cooldown
         self._runners: dict[str, Runner] = {}
         self._loading: dict[str, asyncio.Task[Runner]] = {}
+        self._failed: dict[str, tuple[float, BridgeError]] = {}
         self._load_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._waiting = 0
@@ -88,38 +107,44 @@ class Scheduler:
         return self._default_keep_alive if keep_alive is None else keep_alive
 
     @contextlib.asynccontextmanager
-    async def acquire(
-        self, spec: ModelSpec, options: LoadOptions, keep_alive: float | None
-    ) -> AsyncIterator[Lease]:
-        """Hold a slot on `spec` loaded with `options` for the duration of the block."""
-        ttl = self.effective_keep_alive(keep_alive)
+    async def acquire(self, req: LoadRequest, keep_alive: float | None) -> AsyncIterator[Lease]:
+        """Hold a slot on the model loaded with `req.options` for the duration of the block."""
+        ttl = math.inf if req.pinned else self.effective_keep_alive(keep_alive)
         if self._waiting >= self._max_queue:
             raise QueueFull()
         self._waiting += 1
         started = time.perf_counter_ns()
         try:
-            runner = await self._ready_runner(spec, options)
+            runner = await self._ready_runner(req)
             runner.refs += 1
             self._stop_timer(runner)
+            try:
+                await runner.slots.acquire()
+            except BaseException:
+                await self._release(runner, ttl)
+                raise
         finally:
             self._waiting -= 1
         load_ns = time.perf_counter_ns() - started
         try:
-            async with runner.slots:
-                runner.keep_alive = ttl
-                yield Lease(runner, load_ns)
-        finally:
             runner.keep_alive = ttl
-            runner.refs -= 1
-            runner.last_used = time.monotonic()
-            if runner.refs == 0:
-                await self._idle(runner)
+            yield Lease(runner, load_ns)
+        finally:
+            runner.slots.release()
+            await self._release(runner, ttl)
 
-    async def _ready_runner(self, spec: ModelSpec, options: LoadOptions) -> Runner:
-        key = self._key(spec)
+    async def _release(self, runner: Runner, ttl: float) -> None:
+        runner.keep_alive = ttl
+        runner.refs -= 1
+        runner.last_used = time.monotonic()
+        if runner.refs == 0:
+            await self._idle(runner)
+
+    async def _ready_runner(self, req: LoadRequest) -> Runner:
+        key = self._key(req.spec)
         while True:
             runner = self._runners.get(key)
-            if runner is not None and runner.options == options and runner.spec == spec:
+            if runner is not None and runner.options == req.options and runner.spec == req.spec:
                 return runner
             if runner is not None:
                 # Different load-time options (or the file changed): reload once it is idle.
@@ -127,43 +152,67 @@ class Scheduler:
                 if self._runners.get(key) is runner:
                     await self._unload(runner, "reload")
                 continue
+            failed = self._failed.get(key)
+            if failed is not None and time.monotonic() - failed[0] < self._cooldown:
+                raise failed[1]
             task = self._loading.get(key)
             if task is None:
-                task = asyncio.create_task(self._load(key, spec, options))
+                task = asyncio.create_task(self._load(key, req))
                 self._loading[key] = task
                 task.add_done_callback(functools.partial(self._loaded, key))
             runner = await asyncio.shield(task)
-            if runner.options == options:
+            if runner.options == req.options:
                 return runner
 
-    def _loaded(self, key: str, _task: asyncio.Task[Runner]) -> None:
+    def _loaded(self, key: str, task: asyncio.Task[Runner]) -> None:
         self._loading.pop(key, None)
+        if not task.cancelled() and task.exception() is None:
+            self._failed.pop(key, None)
 
-    async def _load(self, key: str, spec: ModelSpec, options: LoadOptions) -> Runner:
+    async def _load(self, key: str, req: LoadRequest) -> Runner:
         async with self._load_lock:
-            await self._make_room()
-            model = await self._engine.load(spec, options)
+            if self._budget and req.need > self._budget:
+                raise ModelLoadFailed(
+                    f"model requires more system memory ({human(req.need)}) than is available "
+                    f"({human(self._budget)})"
+                )
+            await self._make_room(req.need)
+            try:
+                model = await self._engine.load(req.spec, req.options)
+            except BridgeError as exc:
+                self._failed[key] = (time.monotonic(), exc)
+                raise
             runner = Runner(
-                spec=spec,
-                options=options,
+                spec=req.spec,
+                options=req.options,
                 model=model,
-                slots=asyncio.Semaphore(max(1, options.parallel)),
-                keep_alive=self._default_keep_alive,
+                slots=asyncio.Semaphore(max(1, req.options.parallel)),
+                keep_alive=math.inf if req.pinned else self._default_keep_alive,
+                need=req.need,
+                pinned=req.pinned,
             )
             self._runners[key] = runner
             # A model nobody claims (its requests were abandoned) still expires.
             self._arm_timer(runner)
+            log.info("loaded %s (estimated %s)", req.spec.name, human(req.need))
             return runner
 
-    async def _make_room(self) -> None:
-        while len(self._runners) >= self._max_loaded:
-            idle = [r for r in self._runners.values() if r.refs == 0]
+    def _used(self) -> int:
+        return sum(r.need for r in self._runners.values())
+
+    async def _make_room(self, need: int) -> None:
+        while len(self._runners) >= self._max_loaded or (
+            self._budget and self._runners and self._used() + need > self._budget
+        ):
+            idle = [r for r in self._runners.values() if r.refs == 0 and not r.pinned]
             if idle:
                 victim = min(idle, key=lambda r: (r.keep_alive, r.last_used))
                 await self._unload(victim, "evicted to make room")
-            else:
-                async with self._changed:
-                    await self._changed.wait()
+                continue
+            if all(r.pinned for r in self._runners.values()):
+                raise ModelLoadFailed("no room to load the model: every loaded model is pinned")
+            async with self._changed:
+                await self._changed.wait()
 
     async def _wait_idle(self, runner: Runner) -> None:
         async with self._changed:
@@ -172,7 +221,7 @@ class Scheduler:
     async def _idle(self, runner: Runner) -> None:
         async with self._changed:
             self._changed.notify_all()
-        if runner.keep_alive <= 0:
+        if runner.keep_alive <= 0 and not runner.pinned:
             await self._unload(runner, "keep_alive 0")
         else:
             self._arm_timer(runner)
@@ -180,7 +229,7 @@ class Scheduler:
     def _arm_timer(self, runner: Runner) -> None:
         self._stop_timer(runner)
         ttl = runner.keep_alive
-        if math.isinf(ttl):
+        if math.isinf(ttl) or runner.pinned:
             runner.expires_at = math.inf
             return
         runner.expires_at = time.time() + ttl
@@ -214,6 +263,7 @@ class Scheduler:
         if runner is None:
             return
         runner.keep_alive = 0
+        runner.pinned = False
         if runner.refs == 0:
             await self._unload(runner, "unload requested")
 

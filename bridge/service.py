@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from bridge.config import Settings
+from bridge.config import ModelOverride, Settings
 from bridge.domain import (
     ChatRequest,
     Chunk,
@@ -26,11 +27,12 @@ from bridge.domain import (
     Options,
 )
 from bridge.errors import CapabilityMissing, InvalidRequest, ModelLoadFailed, ModelNotFound
+from bridge.memory import estimate
 from bridge.models.gguf_info import GGUFError, GGUFInfo, model_info
-from bridge.models.names import ModelName
+from bridge.models.names import InvalidName, ModelName
 from bridge.models.resolver import Resolver
 from bridge.options import load_options, model_defaults, num_predict, parse_options, sampling
-from bridge.scheduler import Lease, Runner, Scheduler
+from bridge.scheduler import Lease, LoadRequest, Runner, Scheduler
 from bridge.templates.prompt import PromptTemplate, render_chat
 
 log = logging.getLogger(__name__)
@@ -203,15 +205,31 @@ class Service:
         self, spec: ModelSpec, info: GGUFInfo, opts: Options, keep_alive: float | None
     ) -> Any:
         merged = model_defaults(spec.params).overlay(opts)
+        override = self._override(spec)
+        parallel = override.num_parallel if override.num_parallel else self.settings.num_parallel
         load = load_options(
             merged,
             trained_ctx=info.context_length,
             default_ctx=self.settings.context_length,
             default_gpu=self.settings.num_gpu,
             default_threads=self.settings.num_thread,
-            parallel=self.settings.num_parallel,
+            parallel=1 if info.pooling else parallel,
         )
-        return self.scheduler.acquire(spec, load, keep_alive)
+        weights = sum(_file_size(p) for p in (spec.model_path, *spec.projectors, *spec.adapters))
+        request = LoadRequest(
+            spec=spec, options=load, need=estimate(info, weights, load), pinned=override.pinned
+        )
+        return self.scheduler.acquire(request, keep_alive)
+
+    def _override(self, spec: ModelSpec) -> ModelOverride:
+        key = ModelName.parse(spec.full_name).key()
+        for name, override in self.settings.model_overrides.items():
+            try:
+                if ModelName.parse(name).key() == key:
+                    return override
+            except InvalidName:
+                continue
+        return ModelOverride()
 
     async def _run(
         self,
@@ -256,6 +274,13 @@ class Service:
                     yield chunk
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _template(info: GGUFInfo) -> PromptTemplate:

@@ -26,6 +26,7 @@ class RefusingEngine:
 async def test_load_failure_is_a_clear_error_in_both_protocols(
     start: Start, store: Store, tmp_path: Path
 ) -> None:
+    RefusingEngine.loads = 0
     server = await start(settings_for(store), engine_factory=RefusingEngine)
     async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=30) as http:
         msgs = [{"role": "user", "content": "hi"}]
@@ -35,7 +36,18 @@ async def test_load_failure_is_a_clear_error_in_both_protocols(
         r = await http.post("/v1/chat/completions", json={"model": SMOL, "messages": msgs})
         assert r.status_code == 500
         assert r.json()["error"]["type"] == "api_error"
-        # Nothing is left half-loaded: the next request tries again and the server still answers.
+        # Nothing is left half-loaded, and the broken model is not reloaded in a tight loop:
+        # within the cool-down the same error comes back without another load.
         assert (await http.get("/api/ps")).json() == {"models": []}
-        assert RefusingEngine.loads == 2
+        assert RefusingEngine.loads == 1
         assert (await http.get("/api/tags")).status_code == 200
+
+
+async def test_after_the_cooldown_the_load_is_retried(start: Start, store: Store) -> None:
+    RefusingEngine.loads = 0
+    server = await start(settings_for(store, load_cooldown=0), engine_factory=RefusingEngine)
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=30) as http:
+        for _ in range(2):
+            r = await http.post("/api/generate", json={"model": SMOL, "prompt": "hi"})
+            assert r.status_code == 500
+    assert RefusingEngine.loads == 2

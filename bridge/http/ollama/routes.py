@@ -47,7 +47,7 @@ async def ps(request: web.Request) -> web.Response:
     models = [
         wire.ps_entry(
             r.spec,
-            size=r.model.size,
+            size=max(r.need, r.model.size),
             size_vram=r.model.size_vram,
             context_length=r.model.n_ctx,
             expires_at=r.expires_at if r.expires_at is not None else now + r.keep_alive,

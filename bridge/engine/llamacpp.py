@@ -224,6 +224,8 @@ class LlamaCppModel:
     def _generate(
         self, c: Completion, emit: Callable[[Chunk | BaseException], None], cancel: threading.Event
     ) -> None:
+        if cancel.is_set():  # abandoned while it waited for this thread: skip it
+            return
         try:
             self._generate_inner(c, emit, cancel)
         except BaseException as exc:

@@ -208,7 +208,7 @@ SETTINGS: tuple[Setting, ...] = (
         "memory_budget",
         "BRIDGE_MEMORY_BUDGET",
         "auto",
-        "Memory loaded models may use together (e.g. \"12GiB\"); idle models are evicted to "
+        'Memory loaded models may use together (e.g. "12GiB"); idle models are evicted to '
         "stay under it. auto = 90% of the memory available when bridge starts.",
         parse_bytes,
     ),

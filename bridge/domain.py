@@ -87,6 +87,8 @@ class ChatRequest:
     tools: tuple[Mapping[str, Any], ...] = ()
     keep_alive: float | None = None  # seconds; None = server default; inf = forever
     think: bool | str | None = None
+    truncate: bool = True  # drop old messages to fit the context
+    shift: bool = True  # shorten a prompt that still does not fit
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ class GenerateRequest:
     format: Format = None
     keep_alive: float | None = None
     think: bool | str | None = None
+    shift: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +158,8 @@ class Completion:
     format: Format = None
     context_prefix: tuple[int, ...] = ()  # token ids put before the prompt (generate's `context`)
     return_context: bool = False
+    shift: bool = True  # a prompt that does not fit is shortened (else ContextLengthExceeded)
+    num_keep: int = 4  # tokens kept at the start when shortening
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,6 +26,7 @@ from bridge.domain import (
     ModelSpec,
     Options,
 )
+from bridge.engine.base import LoadedModel
 from bridge.errors import CapabilityMissing, InvalidRequest, ModelLoadFailed, ModelNotFound
 from bridge.memory import estimate
 from bridge.models.gguf_info import GGUFError, GGUFInfo, model_info
@@ -33,7 +34,7 @@ from bridge.models.names import InvalidName, ModelName
 from bridge.models.resolver import Resolver
 from bridge.options import load_options, model_defaults, num_predict, parse_options, sampling
 from bridge.scheduler import Lease, LoadRequest, Runner, Scheduler
-from bridge.templates.prompt import PromptTemplate, render_chat
+from bridge.templates.prompt import PromptTemplate, fit_chat, render_chat
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,30 @@ class Service:
         messages = list(spec.messages) + messages
         if spec.system and not (req.messages and req.messages[0].role == "system"):
             messages.insert(0, Message(role="system", content=spec.system))
-        prompt = render_chat(_template(info), messages, tools=req.tools)
-        return self._run(spec, info, req.options, req.keep_alive, req.format, prompt, received)
+        template = _template(info)
+
+        def render(msgs: Sequence[Message]) -> str:
+            return render_chat(template, msgs, tools=req.tools)
+
+        async def build(model: LoadedModel) -> str:
+            if not req.truncate:
+                return render(messages)
+
+            async def count(text: str) -> int:
+                return len(await model.tokenize(text))
+
+            return await fit_chat(render, count, messages, model.n_ctx)
+
+        return self._run(
+            spec,
+            info,
+            req.options,
+            req.keep_alive,
+            req.format,
+            build,
+            received,
+            shift=req.truncate and req.shift,
+        )
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
         received = time.perf_counter_ns()
@@ -177,6 +200,7 @@ class Service:
             received,
             context=req.context or (),
             return_context=not req.raw,
+            shift=req.shift,
         )
 
     def _check_completion(self, spec: ModelSpec, info: GGUFInfo, raw: str, what: str) -> None:
@@ -238,19 +262,23 @@ class Service:
         opts: Options,
         keep_alive: float | None,
         fmt: Any,
-        prompt: str,
+        prompt: str | Callable[[LoadedModel], Awaitable[str]],
         received: int,
         *,
         context: tuple[int, ...] = (),
         return_context: bool = False,
+        shift: bool = True,
     ) -> AsyncIterator[Chunk]:
         merged = model_defaults(spec.params).overlay(opts)
-        if self.settings.log_prompts:
-            log.debug("prompt for %s: %r", spec.name, prompt)
         lease: Lease
         async with self._lease(spec, info, opts, keep_alive) as lease:
+            text = prompt if isinstance(prompt, str) else await prompt(lease.model)
+            if self.settings.log_prompts:
+                log.debug("prompt for %s: %r", spec.name, text)
             completion = Completion(
-                prompt=prompt,
+                prompt=text,
+                shift=shift,
+                num_keep=merged.num_keep if merged.num_keep is not None else 4,
                 sampling=sampling(merged),
                 num_predict=num_predict(merged, lease.model.n_ctx),
                 stop=merged.stop or (),

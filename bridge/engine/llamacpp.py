@@ -116,6 +116,7 @@ class LlamaCppModel:
             self._piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else ""
         )
         self._size = int(llm._model.size())
+        self._adds_bos = bool(llm._model.add_bos_token())
 
     @property
     def n_ctx(self) -> int:
@@ -239,7 +240,9 @@ class LlamaCppModel:
         started = time.perf_counter_ns()
         tokens = list(c.context_prefix) + self._tokenize(c.prompt)
         if len(tokens) >= n_ctx:
-            raise ContextLengthExceeded(CONTEXT_TOO_LONG)
+            if not c.shift:
+                raise ContextLengthExceeded(CONTEXT_TOO_LONG)
+            tokens = shorten(tokens, n_ctx, c.num_keep + (1 if self._adds_bos else 0))
         grammar = self._grammar(c.format)
         s = c.sampling
         llm.set_seed(s.seed if s.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED)
@@ -302,6 +305,15 @@ class LlamaCppModel:
         )
         context = tuple(tokens + generated) if c.return_context else None
         emit(Chunk(done=True, done_reason=reason, metrics=metrics, context=context))
+
+
+def shorten(tokens: list[int], n_ctx: int, n_keep: int) -> list[int]:
+    """llama-server's prompt shift: keep the first `n_keep` tokens, then drop whole blocks of
+    half the remaining context after them, so the prompt fits with room to answer."""
+    n_keep = max(0, min(n_keep, n_ctx // 2))
+    block = max((n_ctx - n_keep) // 2, 1)
+    erased = max((len(tokens) - n_keep - block) // block, 1)
+    return tokens[:n_keep] + tokens[n_keep + erased * block :]
 
 
 def _engine_error(exc: BaseException) -> BridgeError:

@@ -6,7 +6,7 @@ step and will slot in here, choosing the renderer as Ollama does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,3 +58,39 @@ def _jinja_message(m: Message) -> dict[str, Any]:
     if m.tool_call_id:
         out["tool_call_id"] = m.tool_call_id
     return out
+
+
+async def fit_chat(
+    render: Callable[[Sequence[Message]], str],
+    count_tokens: Callable[[str], Awaitable[int]],
+    messages: Sequence[Message],
+    num_ctx: int,
+    *,
+    image_tokens: int = 0,
+) -> str:
+    """The rendered chat, dropping the oldest messages until it fits in `num_ctx` (Ollama's
+    truncation): system messages are never dropped and the last message is always kept, even
+    when it alone does not fit (the engine then shortens the prompt itself)."""
+    prompt = render(messages)
+    if (
+        len(messages) <= 1
+        or await count_tokens(prompt) + _images(messages) * image_tokens <= num_ctx
+    ):
+        return prompt
+    keep_from = len(messages) - 1
+    best = render(_with_systems(messages, keep_from))
+    for i in range(len(messages) - 2, -1, -1):
+        candidate = _with_systems(messages, i)
+        text = render(candidate)
+        if await count_tokens(text) + _images(candidate) * image_tokens > num_ctx:
+            break
+        best = text
+    return best
+
+
+def _with_systems(messages: Sequence[Message], start: int) -> list[Message]:
+    return [m for m in messages[:start] if m.role == "system"] + list(messages[start:])
+
+
+def _images(messages: Sequence[Message]) -> int:
+    return sum(len(m.images) for m in messages)

@@ -517,3 +517,60 @@ async def test_client_disconnect_frees_the_slot(http: httpx.AsyncClient) -> None
         },
     )
     assert r2.status_code == 200 and r2.json()["eval_count"] == 8
+
+
+async def test_long_history_is_truncated_to_fit(http: httpx.AsyncClient) -> None:
+    turn = "Tell me about the weather in a very long and detailed way please. " * 4
+    history: list[dict[str, str]] = [{"role": "system", "content": "You are terse."}]
+    for i in range(12):
+        history += [
+            {"role": "user", "content": f"{i}: {turn}"},
+            {"role": "assistant", "content": turn},
+        ]
+    history.append({"role": "user", "content": "Summarise."})
+    body = {
+        "model": SMOL,
+        "messages": history,
+        "stream": False,
+        "options": {"num_ctx": 512, "num_predict": 8, "temperature": 0},
+    }
+    r = await http.post("/api/chat", json=body)
+    assert r.status_code == 200, r.text
+    assert 0 < r.json()["prompt_eval_count"] <= 512
+    r = await http.post("/api/chat", json={**body, "truncate": False})
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("the prompt is longer than the context length")
+
+
+async def test_long_prompt_is_shifted_to_fit(http: httpx.AsyncClient) -> None:
+    body = {
+        "model": SMOL,
+        "prompt": "word " * 600,
+        "raw": True,
+        "stream": False,
+        "options": {"num_ctx": 256, "num_predict": 4, "temperature": 0},
+    }
+    r = await http.post("/api/generate", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt_eval_count"] < 256
+    r = await http.post("/api/generate", json={**body, "shift": False})
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("the prompt is longer than the context length")
+
+
+async def test_generation_stops_at_the_context_end(http: httpx.AsyncClient) -> None:
+    counting = ", ".join(str(i) for i in range(1, 30)) + ","
+    r = await http.post(
+        "/api/generate",
+        json={
+            "model": SMOL,
+            "prompt": counting,
+            "raw": True,
+            "stream": False,
+            "options": {"num_ctx": 256, "num_predict": -1, "temperature": 0},
+        },
+    )
+    out = r.json()
+    n_ctx = (await http.get("/api/ps")).json()["models"][0]["context_length"]
+    assert out["done_reason"] == "length"
+    assert out["prompt_eval_count"] + out["eval_count"] == n_ctx

@@ -56,7 +56,7 @@ def expires(entry: dict[str, Any]) -> datetime.datetime:
     head, _, rest = text.partition(".")
     if rest:
         digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits):]
+        zone = rest[len(digits) :]
         text = f"{head}.{digits[:6]}{zone}"
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -112,9 +112,15 @@ async def test_eviction_under_a_memory_budget(http_factory: Any) -> None:
 
 async def test_a_busy_model_is_not_evicted(http_factory: Any) -> None:
     http = await http_factory(max_loaded_models=1)
-    async with http.stream("POST", "/api/generate", json={
-        "model": "alpha", "prompt": "Write an endless story.", "options": {"num_predict": -1},
-    }) as r:
+    async with http.stream(
+        "POST",
+        "/api/generate",
+        json={
+            "model": "alpha",
+            "prompt": "Write an endless story.",
+            "options": {"num_predict": -1},
+        },
+    ) as r:
         it = r.aiter_lines()
         assert orjson.loads(await anext(it))["done"] is False
         waiting = asyncio.create_task(load(http, "beta"))
@@ -132,10 +138,15 @@ async def test_parallel_streams_all_complete(http_factory: Any) -> None:
     http = await http_factory(num_parallel=4)
 
     async def stream(i: int) -> list[dict[str, Any]]:
-        async with http.stream("POST", "/api/chat", json={
-            "model": "alpha", "messages": [{"role": "user", "content": f"Story number {i}"}],
-            "options": {"num_predict": 24, "temperature": 0},
-        }) as r:
+        async with http.stream(
+            "POST",
+            "/api/chat",
+            json={
+                "model": "alpha",
+                "messages": [{"role": "user", "content": f"Story number {i}"}],
+                "options": {"num_predict": 24, "temperature": 0},
+            },
+        ) as r:
             return [orjson.loads(line) async for line in r.aiter_lines() if line]
 
     results = await asyncio.gather(*(stream(i) for i in range(4)))
@@ -146,24 +157,39 @@ async def test_parallel_streams_all_complete(http_factory: Any) -> None:
 
 async def test_full_queue_answers_503_with_retry_after(http_factory: Any) -> None:
     http = await http_factory(num_parallel=1, max_queue=1)
-    async with http.stream("POST", "/api/generate", json={
-        "model": "alpha", "prompt": "Write an endless story.", "options": {"num_predict": -1},
-    }) as r:
+    async with http.stream(
+        "POST",
+        "/api/generate",
+        json={
+            "model": "alpha",
+            "prompt": "Write an endless story.",
+            "options": {"num_predict": -1},
+        },
+    ) as r:
         it = r.aiter_lines()
         assert orjson.loads(await anext(it))["done"] is False  # alpha's only slot is busy
         quick = {"model": "alpha", "prompt": "hi", "stream": False, "options": GREEDY}
         b = asyncio.create_task(http.post("/api/generate", json=quick))
-        c = asyncio.create_task(http.post("/v1/completions", json={
-            "model": "alpha", "prompt": "hi", "max_tokens": 4,
-        }))
+        c = asyncio.create_task(
+            http.post(
+                "/v1/completions",
+                json={
+                    "model": "alpha",
+                    "prompt": "hi",
+                    "max_tokens": 4,
+                },
+            )
+        )
         done, pending = await asyncio.wait({b, c}, return_when=asyncio.FIRST_COMPLETED)
         rejected = done.pop().result()
         assert rejected.status_code == 503
         assert rejected.headers["retry-after"]
         message = "server busy, please try again.  maximum pending requests exceeded"
         body = rejected.json()
-        assert body in ({"error": message}, {"error": {
-            "message": message, "type": "api_error", "param": None, "code": None}})
+        assert body in (
+            {"error": message},
+            {"error": {"message": message, "type": "api_error", "param": None, "code": None}},
+        )
         assert len(pending) == 1
     # The stream is closed: its slot is free and the queued request completes.
     accepted = await pending.pop()
@@ -174,8 +200,13 @@ async def test_reload_on_num_ctx_change_not_on_sampling(http_factory: Any) -> No
     http = await http_factory()
     await load(http, "alpha", prompt="hi", stream=False, options={"num_ctx": 1024, **GREEDY})
     assert (await ps(http))["alpha:latest"]["context_length"] == 1024
-    body = await load(http, "alpha", prompt="hi", stream=False,
-                      options={"num_ctx": 1024, "temperature": 0.5, "top_k": 3, "num_predict": 2})
+    body = await load(
+        http,
+        "alpha",
+        prompt="hi",
+        stream=False,
+        options={"num_ctx": 1024, "temperature": 0.5, "top_k": 3, "num_predict": 2},
+    )
     assert body["load_duration"] < 50_000_000  # no reload: the model was ready
     await load(http, "alpha", prompt="hi", stream=False, options={"num_ctx": 2048, **GREEDY})
     assert (await ps(http))["alpha:latest"]["context_length"] == 2048
@@ -187,9 +218,15 @@ async def test_pinned_models_stay(start: Start, models_dir: Path, tmp_path: Path
     from bridge.config import load_settings
 
     settings = load_settings(
-        {"host": "127.0.0.1:0", "models": "/nonexistent", "gguf_dirs": (str(models_dir),),
-         "demo_model": "off", "max_loaded_models": 2},
-        environ={}, config_path=str(cfg),
+        {
+            "host": "127.0.0.1:0",
+            "models": "/nonexistent",
+            "gguf_dirs": (str(models_dir),),
+            "demo_model": "off",
+            "max_loaded_models": 2,
+        },
+        environ={},
+        config_path=str(cfg),
     )
     server = await start(settings)
     async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as http:

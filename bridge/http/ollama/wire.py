@@ -106,6 +106,7 @@ def decode_generate(data: dict[str, Any]) -> tuple[GenerateRequest, bool]:
         format=fmt(f),
         keep_alive=keep_alive(f),
         think=think(f),
+        shift=f.boolean("shift", True),
     )
     return req, f.boolean("stream", True)
 
@@ -129,6 +130,8 @@ def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool]:
         tools=tuple(tools),
         keep_alive=keep_alive(f),
         think=think(f),
+        truncate=f.boolean("truncate", True),
+        shift=f.boolean("shift", True),
     )
     return req, f.boolean("stream", True)
 

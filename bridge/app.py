@@ -45,9 +45,15 @@ def create_app(
     app.middlewares.append(error_middleware)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_service_ctx(engine_factory or _default_engine))
+    app.on_shutdown.append(_interrupt)
     add_ollama_routes(app)
     add_openai_routes(app)
     return app
+
+
+async def _interrupt(app: web.Application) -> None:
+    # Runs when the server stops accepting, before it waits for open requests to finish.
+    app[SERVICE].scheduler.interrupt()
 
 
 def _service_ctx(

@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(settings)
 
 
+SHUTDOWN_GRACE = 2.0
+
+
 def serve(settings: Settings) -> int:
     from bridge.app import create_app
 
@@ -93,6 +96,9 @@ def serve(settings: Settings) -> int:
             print=None,
             handler_cancellation=True,
             access_log=None,
+            # On SIGINT/SIGTERM open streams get this long to finish, then are cancelled
+            # (which stops their generation); then every model is unloaded.
+            shutdown_timeout=SHUTDOWN_GRACE,
         )
     except OSError as exc:
         print(f"bridge: cannot listen on {addr.host}:{addr.port}: {exc}", file=sys.stderr)

@@ -267,6 +267,12 @@ class Scheduler:
         if runner.refs == 0:
             await self._unload(runner, "unload requested")
 
+    def interrupt(self) -> None:
+        """Shutdown begins: end every generation now (each stream ends with an error)."""
+        self._max_queue = 0
+        for runner in self._runners.values():
+            runner.model.interrupt()
+
     async def close(self) -> None:
         """Unload everything (shutdown)."""
         for task in list(self._loading.values()):

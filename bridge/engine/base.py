@@ -41,6 +41,11 @@ class LoadedModel(Protocol):
         """Token ids of `text` as a prompt (special tokens parsed, BOS as the model wants)."""
         ...
 
+    def interrupt(self) -> None:
+        """End every generation at its next token with EngineFailed (server shutdown);
+        later requests fail the same way. Safe to call from any thread."""
+        ...
+
     async def close(self) -> None:
         """Free the model; waits for work in progress to stop."""
         ...

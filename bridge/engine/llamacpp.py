@@ -45,6 +45,9 @@ CONTEXT_TOO_LONG = (
 )
 
 
+SHUTTING_DOWN = "the server is shutting down"
+
+
 def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
@@ -117,6 +120,7 @@ class LlamaCppModel:
         )
         self._size = int(llm._model.size())
         self._adds_bos = bool(llm._model.add_bos_token())
+        self._stopping = threading.Event()
 
     @property
     def n_ctx(self) -> int:
@@ -135,6 +139,9 @@ class LlamaCppModel:
 
     async def tokenize(self, text: str) -> list[int]:
         return await self._run(self._tokenize, text)
+
+    def interrupt(self) -> None:
+        self._stopping.set()
 
     async def close(self) -> None:
         await self._run(self._llm.close)
@@ -237,6 +244,8 @@ class LlamaCppModel:
     ) -> None:
         llm = self._llm
         n_ctx = self.n_ctx
+        if self._stopping.is_set():
+            raise EngineFailed(SHUTTING_DOWN)
         started = time.perf_counter_ns()
         tokens = list(c.context_prefix) + self._tokenize(c.prompt)
         if len(tokens) >= n_ctx:
@@ -273,6 +282,8 @@ class LlamaCppModel:
                     first_at = time.perf_counter_ns()
                 if cancel.is_set():
                     break
+                if self._stopping.is_set():
+                    raise EngineFailed(SHUTTING_DOWN)
                 if llama_cpp.llama_vocab_is_eog(self._vocab, token):
                     reason = "stop"
                     break

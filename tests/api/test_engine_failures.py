@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 import httpx
 
 from bridge.domain import LoadOptions, ModelSpec
 from bridge.engine.base import LoadedModel
+from bridge.engine.llamacpp import LlamaCppEngine
 from bridge.errors import ModelLoadFailed
 from tests.conftest import SMOL, Start, settings_for
 from tests.store import Store
@@ -51,3 +54,33 @@ async def test_after_the_cooldown_the_load_is_retried(start: Start, store: Store
             r = await http.post("/api/generate", json={"model": SMOL, "prompt": "hi"})
             assert r.status_code == 500
     assert RefusingEngine.loads == 2
+
+
+class SlowEngine:
+    """Loads the real model, but only once the test lets it (a slow disk, a big model)."""
+
+    started: asyncio.Event
+    release: asyncio.Event
+
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:
+        SlowEngine.started.set()
+        await SlowEngine.release.wait()
+        return await LlamaCppEngine().load(spec, options)
+
+
+async def test_abandoned_wait_on_a_load_leaks_nothing(start: Start, store: Store) -> None:
+    SlowEngine.started = asyncio.Event()
+    SlowEngine.release = asyncio.Event()
+    server = await start(settings_for(store, max_queue=1), engine_factory=SlowEngine)
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as http:
+        body = {"model": SMOL, "prompt": "hi", "stream": False, "options": {"num_predict": 2}}
+        waiting = asyncio.create_task(http.post("/api/generate", json=body))
+        await SlowEngine.started.wait()
+        waiting.cancel()  # the client gives up while the model loads
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        SlowEngine.release.set()
+        # Its queue place was given back (max_queue is 1) and the load it started finished.
+        r = await http.post("/api/generate", json=body)
+        assert r.status_code == 200 and r.json()["eval_count"] == 2
+        assert [m["name"] for m in (await http.get("/api/ps")).json()["models"]] == [SMOL]

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,7 +34,8 @@ from bridge.models.resolver import Resolver
 from bridge.models.show import capabilities, render_modelfile, render_parameters
 from bridge.options import load_options, model_defaults, num_predict, parse_options, sampling
 from bridge.scheduler import Lease, LoadRequest, Runner, Scheduler
-from bridge.templates.prompt import PromptTemplate, fit_chat, render_chat
+from bridge.templates.output import OutputShape, shape_output
+from bridge.templates.prompt import PromptTemplate, fit_chat, render_chat, render_fim
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Service:
             spec=spec,
             modelfile=render_modelfile(spec, params),
             parameters=render_parameters(params),
-            capabilities=capabilities(spec, info),
+            capabilities=capabilities(spec, info, _template(spec, info)),
             model_info=model_info(info, verbose=verbose) if info else {},
             tensors=[
                 {"name": t.name, "type": t.type_name, "shape": list(t.shape)}
@@ -120,7 +121,7 @@ class Service:
             system=spec.system,
         )
 
-    # --- generation ----------------------------------------------------------------------
+    # --- generation ---------------------------------------------------------------------
 
     async def chat(self, req: ChatRequest) -> AsyncIterator[Chunk]:
         """Stream a chat reply. Errors that can be known up front raise before the first chunk."""
@@ -129,19 +130,19 @@ class Service:
         if not req.messages:
             return self._load_or_unload(spec, req.options, req.keep_alive, received)
         info = await self.header(spec)
-        self._check_completion(spec, info, req.model, "chat")
-        if req.tools and "tools" not in capabilities(spec, info):
+        template = _template(spec, info)
+        caps = capabilities(spec, info, template)
+        self._check_completion(caps, req.model, "chat")
+        if req.tools and "tools" not in caps:
             raise CapabilityMissing(f"{spec.full_name} does not support tools")
-        self._check_think(spec, info, req.model, req.think)
-        messages = list(req.messages)
+        think = self._think(caps, req.model, req.think)
         # The model's MESSAGES go first; its SYSTEM only if the request does not start with one.
-        messages = list(spec.messages) + messages
-        if spec.system and not (req.messages and req.messages[0].role == "system"):
+        messages = list(spec.messages) + list(req.messages)
+        if spec.system and req.messages[0].role != "system":
             messages.insert(0, Message(role="system", content=spec.system))
-        template = _template(info)
 
         def render(msgs: Sequence[Message]) -> str:
-            return render_chat(template, msgs, tools=req.tools)
+            return render_chat(template, msgs, tools=req.tools, think=think)
 
         async def build(model: LoadedModel) -> str:
             if not req.truncate:
@@ -152,6 +153,11 @@ class Service:
 
             return await fit_chat(render, count, messages, model.n_ctx)
 
+        shaping = OutputShape(
+            tool_tag=template.tool_tag() if req.tools else None,
+            tool_names=tuple(_tool_names(req.tools)),
+            thinking_tags=template.thinking_tags() if think else None,
+        )
         return self._run(
             spec,
             info,
@@ -161,6 +167,7 @@ class Service:
             build,
             received,
             shift=req.truncate and req.shift,
+            shape=shaping,
         )
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -171,16 +178,16 @@ class Service:
         if not req.prompt and not req.suffix:
             return self._load_or_unload(spec, req.options, req.keep_alive, received)
         info = await self.header(spec)
-        self._check_completion(spec, info, req.model, "generate")
-        self._check_think(spec, info, req.model, req.think)
-        if req.suffix:
+        template = _template(spec, info, req.template)
+        caps = capabilities(spec, info, template)
+        self._check_completion(caps, req.model, "generate")
+        think = self._think(caps, req.model, req.think)
+        if req.suffix and "insert" not in caps:
             raise CapabilityMissing(f"{spec.full_name} does not support insert")
-        if req.template:
-            raise InvalidRequest(
-                "custom Go templates in requests are not supported yet by this server"
-            )
         if req.raw:
             prompt = req.prompt
+        elif req.suffix:
+            prompt = render_fim(template, req.prompt, req.suffix)
         else:
             messages: list[Message] = []
             system = req.system if req.system is not None else spec.system
@@ -189,7 +196,8 @@ class Service:
             if req.context is None:
                 messages.extend(spec.messages)
             messages.append(Message(role="user", content=req.prompt, images=req.images))
-            prompt = render_chat(_template(info), messages)
+            prompt = render_chat(template, messages, think=think)
+        shaping = OutputShape(thinking_tags=template.thinking_tags() if think else None)
         return self._run(
             spec,
             info,
@@ -201,17 +209,23 @@ class Service:
             context=req.context or (),
             return_context=not req.raw,
             shift=req.shift,
+            shape=shaping,
         )
 
-    def _check_completion(self, spec: ModelSpec, info: GGUFInfo, raw: str, what: str) -> None:
-        if "completion" not in capabilities(spec, info):
+    def _check_completion(self, caps: tuple[str, ...], raw: str, what: str) -> None:
+        if "completion" not in caps:
             raise CapabilityMissing(f'"{raw}" does not support {what}')
 
-    def _check_think(
-        self, spec: ModelSpec, info: GGUFInfo, raw: str, think: bool | str | None
-    ) -> None:
-        if think and "thinking" not in capabilities(spec, info):
+    def _think(
+        self, caps: tuple[str, ...], raw: str, think: bool | str | None
+    ) -> bool | str | None:
+        """The effective `think`: refused where the model cannot think; on by default where
+        it can, as Ollama does."""
+        if think and "thinking" not in caps:
             raise CapabilityMissing(f'"{raw}" does not support thinking')
+        if think is None and "thinking" in caps:
+            return True
+        return think
 
     async def _load_or_unload(
         self, spec: ModelSpec, opts: Options, keep_alive: float | None, received: int
@@ -268,6 +282,7 @@ class Service:
         context: tuple[int, ...] = (),
         return_context: bool = False,
         shift: bool = True,
+        shape: OutputShape | None = None,
     ) -> AsyncIterator[Chunk]:
         merged = model_defaults(spec.params).overlay(opts)
         lease: Lease
@@ -287,6 +302,8 @@ class Service:
                 return_context=return_context,
             )
             stream = lease.model.complete(completion)
+            if shape is not None and shape.active:
+                stream = shape_output(stream, shape, started_thinking=_ends_with_open(text, shape))
             try:
                 async for chunk in stream:
                     if chunk.done:
@@ -304,6 +321,19 @@ class Service:
                 await stream.aclose()  # type: ignore[attr-defined]
 
 
+def _tool_names(tools: Sequence[Mapping[str, Any]]) -> list[str]:
+    names = []
+    for t in tools:
+        fn = t.get("function")
+        if isinstance(fn, Mapping) and isinstance(fn.get("name"), str):
+            names.append(fn["name"])
+    return names
+
+
+def _ends_with_open(prompt: str, shape: OutputShape) -> bool:
+    return shape.thinking_tags is not None and prompt.rstrip().endswith(shape.thinking_tags[0])
+
+
 def _file_size(path: str) -> int:
     try:
         return os.path.getsize(path)
@@ -311,11 +341,16 @@ def _file_size(path: str) -> int:
         return 0
 
 
-def _template(info: GGUFInfo) -> PromptTemplate:
+def _template(
+    spec: ModelSpec, info: GGUFInfo | None, override: str | None = None
+) -> PromptTemplate:
+    """The renderer Ollama would use: a request template, else the model's Go template
+    layer, else the GGUF chat template (and else `{{ .Prompt }}`)."""
     return PromptTemplate(
-        chat_template=info.chat_template,
-        bos_token=info.bos_token or "",
-        eos_token=info.eos_token or "",
+        go_template=override or spec.template,
+        chat_template=info.chat_template if info else None,
+        bos_token=(info.bos_token if info else None) or "",
+        eos_token=(info.eos_token if info else None) or "",
     )
 
 

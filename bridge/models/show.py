@@ -8,21 +8,24 @@ import orjson
 
 from bridge.domain import ModelSpec
 from bridge.models.gguf_info import GGUFInfo
+from bridge.templates.prompt import PromptTemplate
 
 
-def capabilities(spec: ModelSpec, info: GGUFInfo | None) -> tuple[str, ...]:
+def capabilities(
+    spec: ModelSpec, info: GGUFInfo | None, template: PromptTemplate
+) -> tuple[str, ...]:
     """Ollama's capability list: what the weights, projector and templates allow."""
     caps: list[str] = []
     caps.append("embedding" if info is not None and info.pooling else "completion")
-    go = spec.template or ""
-    jinja = (info.chat_template if info else None) or ""
-    if ".Tools" in go or (not go and "tools" in jinja):
+    go = template.go_template is not None
+    jinja = template.chat_template or ""
+    if template.uses("Tools") or (not go and "tools" in jinja):
         caps.append("tools")
-    if ".Suffix" in go:
+    if template.uses("Suffix"):
         caps.append("insert")
     if spec.projectors or (info is not None and info.vision):
         caps.append("vision")
-    if ".Thinking" in go or (not go and ("enable_thinking" in jinja or "<think>" in jinja)):
+    if template.uses("Thinking") or (not go and ("enable_thinking" in jinja or "<think>" in jinja)):
         caps.append("thinking")
     return tuple(caps)
 

@@ -1,26 +1,65 @@
-"""Turning a conversation into the prompt text a model continues.
+"""Turning a conversation into the prompt text a model continues, and reading its output back.
 
-For now the GGUF chat template (Jinja) renders chats; Ollama's Go template layer is a later
-step and will slot in here, choosing the renderer as Ollama does.
+The renderer is chosen as Ollama chooses it: a request's `template`, else the model's Go
+template layer, else the GGUF chat template (sandboxed Jinja), else `{{ .Prompt }}`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bridge.domain import Message
-from bridge.templates import jinja
+from bridge.errors import InvalidRequest
+from bridge.templates import jinja, ollama
+from bridge.templates.gotemplate import TemplateError
+from bridge.templates.thinking import DEFAULT_CLOSE, DEFAULT_OPEN
+from bridge.templates.toolparse import tool_tag
+
+FALLBACK = "{{ .Prompt }}"
+_THINK_TAGS = re.compile(r"(<[^<>\s{}]+>)\s*\{\{-?\s*\.Thinking\s*-?\}\}\s*(</[^<>\s{}]+>)")
 
 
 @dataclass(frozen=True, slots=True)
 class PromptTemplate:
-    """What a model's files say about rendering: its GGUF chat template and special tokens."""
+    """How a model's prompts are written: its Go template or GGUF chat template, and tokens."""
 
-    chat_template: str | None
+    go_template: str | None = None
+    chat_template: str | None = None
     bos_token: str = ""
     eos_token: str = ""
+
+    @property
+    def source(self) -> str:
+        """The template text /api/show reports and capabilities are read from."""
+        return self.go_template or self.chat_template or ""
+
+    def uses(self, name: str) -> bool:
+        """Whether the Go template uses `.Name` (Tools, Suffix, Thinking...)."""
+        if self.go_template is None:
+            return False
+        try:
+            return ollama.uses(self.go_template, name)
+        except TemplateError:
+            return False
+
+    def tool_tag(self) -> str:
+        if self.go_template is not None:
+            return tool_tag(self.go_template)
+        return "<tool_call>" if "<tool_call>" in (self.chat_template or "") else "{"
+
+    def thinking_tags(self) -> tuple[str, str]:
+        m = _THINK_TAGS.search(self.go_template or "")
+        return (m.group(1), m.group(2)) if m else (DEFAULT_OPEN, DEFAULT_CLOSE)
+
+
+def _go(call: Callable[[], str]) -> str:
+    try:
+        return call()
+    except TemplateError as exc:
+        raise InvalidRequest(f"template error: {exc}") from exc
 
 
 def render_chat(
@@ -28,22 +67,44 @@ def render_chat(
     messages: Sequence[Message],
     *,
     tools: Sequence[Mapping[str, Any]] = (),
+    think: bool | str | None = None,
 ) -> str:
-    if template.chat_template:
-        return jinja.render(
-            template.chat_template,
-            [_jinja_message(m) for m in messages],
-            bos_token=template.bos_token,
-            eos_token=template.eos_token,
-            tools=tools or None,
+    if template.go_template is not None or not template.chat_template:
+        src = template.go_template if template.go_template is not None else FALLBACK
+        return _go(
+            lambda: ollama.render_messages(
+                src,
+                messages=messages,
+                tools=tools or None,
+                think=think,
+                is_think_set=think is not None,
+            )
         )
-    # No template at all: Ollama falls back to `{{ .Prompt }}{{ .Response }}` run per turn,
-    # which drops system messages and concatenates the rest.
-    return "".join(m.content for m in messages if m.role != "system")
+    extra: dict[str, Any] = {}
+    if think is not None:
+        extra["enable_thinking"] = bool(think)
+        if isinstance(think, str):
+            extra["reasoning_effort"] = think
+    return jinja.render(
+        template.chat_template,
+        [_jinja_message(m) for m in messages],
+        bos_token=template.bos_token,
+        eos_token=template.eos_token,
+        tools=tools or None,
+        extra=extra,
+    )
+
+
+def render_fim(template: PromptTemplate, prompt: str, suffix: str) -> str:
+    """A fill-in-the-middle prompt (generate's `suffix`), for templates that use `.Suffix`."""
+    src = template.go_template or FALLBACK
+    return _go(lambda: ollama.render_generate(src, prompt=prompt, suffix=suffix))
 
 
 def _jinja_message(m: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.thinking:
+        out["reasoning_content"] = m.thinking
     if m.tool_calls:
         out["tool_calls"] = [
             {
@@ -72,13 +133,10 @@ async def fit_chat(
     truncation): system messages are never dropped and the last message is always kept, even
     when it alone does not fit (the engine then shortens the prompt itself)."""
     prompt = render(messages)
-    if (
-        len(messages) <= 1
-        or await count_tokens(prompt) + _images(messages) * image_tokens <= num_ctx
-    ):
+    fits = await count_tokens(prompt) + _images(messages) * image_tokens <= num_ctx
+    if len(messages) <= 1 or fits:
         return prompt
-    keep_from = len(messages) - 1
-    best = render(_with_systems(messages, keep_from))
+    best = render(_with_systems(messages, len(messages) - 1))
     for i in range(len(messages) - 2, -1, -1):
         candidate = _with_systems(messages, i)
         text = render(candidate)

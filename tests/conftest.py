@@ -72,5 +72,5 @@ async def server(start: Start, store: Store, gguf_dir: Path) -> TestServer:
 
 @pytest.fixture
 async def http(server: TestServer) -> Any:
-    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as client:
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=300) as client:
         yield client

@@ -14,6 +14,7 @@ from bridge.http.cors import allowed_origins, host_guard_middleware, install_cor
 from bridge.http.errors import error_middleware
 from bridge.http.keys import SERVICE, SETTINGS
 from bridge.http.middleware import install_request_ids
+from bridge.http.ollama.manage import add_routes as add_manage_routes
 from bridge.http.ollama.routes import add_routes as add_ollama_routes
 from bridge.http.openai.routes import add_routes as add_openai_routes
 from bridge.memory import available_memory
@@ -47,6 +48,7 @@ def create_app(
     app.cleanup_ctx.append(_service_ctx(engine_factory or _default_engine))
     app.on_shutdown.append(_interrupt)
     add_ollama_routes(app)
+    add_manage_routes(app)
     add_openai_routes(app)
     return app
 

@@ -1,4 +1,5 @@
-"""Command line: `bridge serve` (flags > environment > config file > defaults)."""
+"""Command line: `bridge serve` (flags > environment > config file > defaults), and the client
+commands (`bridge list`, `pull`, `run`, ...) that talk to a running server like `ollama` does."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                 metavar=s.name.upper(),
                 help=f"{s.help} Default: {s.default!r}.{env}",
             )
+    from bridge.client import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -58,9 +62,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command != "serve":
+    if args.command is None:
         parser.print_help()
         return 2
+    if args.command != "serve":
+        return client(args)
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
@@ -73,6 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     return serve(settings)
+
+
+def client(args: argparse.Namespace) -> int:
+    """A client command, against the server OLLAMA_HOST names."""
+    from bridge.client import run_command
+
+    try:
+        url = load_settings().address.url
+    except ConfigError as exc:
+        print(f"bridge: {exc}", file=sys.stderr)
+        return 2
+    return run_command(args, url)
 
 
 SHUTDOWN_GRACE = 2.0

@@ -11,7 +11,13 @@
     ├── QueueFull                 too many requests waiting
     ├── RequestCanceled           the client went away while waiting
     ├── EngineFailed              the engine failed while running a request
-    └── UpstreamError             an upstream server failed (UpstreamTimeout for timeouts)
+    ├── UpstreamError             an upstream server failed
+    │   ├── UpstreamTimeout       it went silent for longer than its read_timeout
+    │   ├── UpstreamUnavailable   no upstream that serves the model can be reached
+    │   └── UpstreamProtocolError its reply could not be read (malformed or cut-off stream)
+    ├── BlobNotFound              no blob with that digest in the store
+    ├── TransferFailed            a pull or push failed (registry, network, digest mismatch)
+    └── CreateFailed              a create failed for a reason other than bad input
 
 Each error carries the message text Ollama would send; the HTTP layer picks the status and the
 body shape for the protocol in use.
@@ -87,3 +93,23 @@ class UpstreamError(BridgeError):
 
 class UpstreamTimeout(UpstreamError):
     pass
+
+
+class UpstreamUnavailable(UpstreamError):
+    pass
+
+
+class UpstreamProtocolError(UpstreamError):
+    pass
+
+
+class BlobNotFound(BridgeError):
+    pass
+
+
+class TransferFailed(BridgeError):
+    """A pull or push failed; the message is Ollama's (Ollama answers these with 500)."""
+
+
+class CreateFailed(BridgeError):
+    """A create failed after its input was accepted (Ollama answers these with 500)."""

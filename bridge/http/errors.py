@@ -9,7 +9,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from bridge.errors import (
+    BlobNotFound,
     BridgeError,
+    CreateFailed,
     EngineFailed,
     InvalidOption,
     InvalidRequest,
@@ -17,6 +19,7 @@ from bridge.errors import (
     ModelNotFound,
     QueueFull,
     RequestCanceled,
+    TransferFailed,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -29,7 +32,7 @@ OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
 def status_of(exc: BridgeError) -> int:
     if isinstance(exc, InvalidRequest):
         return 400
-    if isinstance(exc, ModelNotFound):
+    if isinstance(exc, ModelNotFound | BlobNotFound):
         return 404
     if isinstance(exc, QueueFull):
         return 503
@@ -39,7 +42,9 @@ def status_of(exc: BridgeError) -> int:
         return 504
     if isinstance(exc, UpstreamError):
         return 502
-    if isinstance(exc, InvalidOption | ModelLoadFailed | EngineFailed):
+    if isinstance(
+        exc, InvalidOption | ModelLoadFailed | EngineFailed | TransferFailed | CreateFailed
+    ):
         return 500  # Ollama answers these with 500
     return 500
 
@@ -91,7 +96,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except BridgeError as exc:
-        if isinstance(exc, InvalidRequest | ModelNotFound):
+        if isinstance(exc, InvalidRequest | ModelNotFound | BlobNotFound):
             log.debug("%s %s: %s", request.method, request.path, exc.message)
         else:
             log.warning("%s %s: %s", request.method, request.path, exc.message)

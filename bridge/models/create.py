@@ -41,7 +41,9 @@ from bridge.models.store_writer import (
     go_json,
     media_type,
 )
+from bridge.templates import ollama as ollama_template
 from bridge.templates.detect import detect
+from bridge.templates.gotemplate import TemplateError
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +154,11 @@ def valid_file_path(path: str) -> bool:
 
 
 def check_template(text: str) -> None:
-    """The part of Go's template parsing that can be checked without a Go template engine:
-    every action is closed. Raises Ollama's `template error: …`."""
-    pos = 0
-    while (start := text.find("{{", pos)) >= 0:
-        end = text.find("}}", start + 2)
-        if end < 0:
-            line = text.count("\n", 0, start) + 1
-            raise InvalidRequest(f"template error: template: :{line}: unclosed action")
-        pos = end + 2
+    """Parse the template as Ollama does at create time; raises Ollama's `template error: …`."""
+    try:
+        ollama_template.parse(text)
+    except TemplateError as exc:
+        raise InvalidRequest(f"template error: {exc}") from exc
 
 
 class Creator:

@@ -276,6 +276,10 @@ async def test_create_from_uploaded_gguf_then_chat(
             "template error: template: :1: unclosed action",
         ),
         (
+            {"model": "x", "from": SMOL, "template": "{{ if .Prompt }}no end"},
+            "template error: template: :1: unexpected EOF",
+        ),
+        (
             {"model": "x", "from": SMOL, "info": {"context_length": -1}},
             'info field "context_length" must be a non-negative integer',
         ),

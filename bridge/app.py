@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -58,6 +59,16 @@ async def _interrupt(app: web.Application) -> None:
     app[SERVICE].scheduler.interrupt()
 
 
+async def _first_scan(resolver: Resolver, settings: Settings) -> None:
+    specs = await resolver.list()
+    log.info(
+        "%d model(s) found (store %s, %d GGUF folder(s))",
+        len(specs),
+        settings.models_dir(),
+        len(settings.gguf_dirs),
+    )
+
+
 def _service_ctx(
     engine_factory: Callable[[], Engine],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -78,14 +89,11 @@ def _service_ctx(
             load_cooldown=settings.load_cooldown,
         )
         app[SERVICE] = Service(settings, resolver, scheduler)
-        specs = await resolver.list()
-        log.info(
-            "%d model(s) found (store %s, %d GGUF folder(s))",
-            len(specs),
-            settings.models_dir(),
-            len(settings.gguf_dirs),
-        )
+        # The first scan reads every GGUF header; it runs in the background so that the
+        # server answers at once (a request that needs the models waits for its own scan).
+        scan = asyncio.create_task(_first_scan(resolver, settings))
         yield
+        scan.cancel()
         await scheduler.close()
 
     return ctx

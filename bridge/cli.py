@@ -101,9 +101,17 @@ def serve(settings: Settings) -> int:
 
     addr = settings.address
     app = create_app(settings)
-    logging.getLogger("bridge").info(
-        "bridge %s (Ollama API %s) listening on %s", __version__, OLLAMA_COMPAT_VERSION, addr.url
-    )
+    log = logging.getLogger("bridge")
+
+    def ready(_banner: str) -> None:
+        # run_app calls this once the socket is listening.
+        log.info(
+            "bridge %s (Ollama API %s) listening on %s",
+            __version__,
+            OLLAMA_COMPAT_VERSION,
+            addr.url,
+        )
+
     try:
         # handler_cancellation: a client that disconnects cancels its handler at once, which
         # frees its queue place or slot and stops its generation.
@@ -111,7 +119,7 @@ def serve(settings: Settings) -> int:
             app,
             host=addr.host,
             port=addr.port,
-            print=None,
+            print=ready,
             handler_cancellation=True,
             access_log=None,
             # On SIGINT/SIGTERM open streams get this long to finish, then are cancelled

@@ -48,7 +48,7 @@ def serve(tmp_path: Path, gguf_dir: Path) -> Iterator[tuple[subprocess.Popen[byt
         # Wait for the line that says it listens (no sleeping: read the log as it comes).
         assert proc.stderr is not None
         for line in proc.stderr:
-            if b"model(s) found" in line:
+            if b"listening on" in line:
                 break
         else:
             pytest.fail("bridge exited before listening")

@@ -9,12 +9,12 @@ from __future__ import annotations
 import datetime
 import functools
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
-
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bridge.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 class TemplateError(InvalidRequest):
@@ -31,10 +31,20 @@ def _strftime_now(fmt: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _compile(source: str) -> jinja2.Template:
+    # Imported here: only models rendered by their GGUF chat template need Jinja, and it
+    # costs start-up time.
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     return env.from_string(source)
+
+
+def _jinja_error() -> type[Exception]:
+    import jinja2
+
+    return jinja2.TemplateError
 
 
 def render(
@@ -60,7 +70,7 @@ def render(
         )
     except TemplateError:
         raise
-    except jinja2.TemplateError as exc:
+    except _jinja_error() as exc:
         raise TemplateError(f"chat template error: {exc}") from exc
     except Exception as exc:  # a template can raise anything (TypeError on odd data, ...)
         raise TemplateError(f"chat template error: {type(exc).__name__}: {exc}") from exc

@@ -16,6 +16,11 @@ from bridge.config import SETTINGS, ConfigError, Settings, load_settings
 from bridge.http.middleware import RequestIdFilter
 
 
+def _escape(text: str) -> str:
+    # argparse treats % in help texts as a format directive.
+    return text.replace("%", "%%")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridge", description="A drop-in replacement for `ollama serve` on llama.cpp."
@@ -33,18 +38,18 @@ def _parser() -> argparse.ArgumentParser:
                 dest="gguf_dirs",
                 action="append",
                 metavar="DIR",
-                help=f"{s.help} Repeatable.{env}",
+                help=f"{_escape(s.help)} Repeatable.{env}",
             )
         elif isinstance(s.default, bool):
             serve.add_argument(
-                flag, dest=s.name, action="store_true", default=None, help=f"{s.help}{env}"
+                flag, dest=s.name, action="store_true", default=None, help=f"{_escape(s.help)}{env}"
             )
         else:
             serve.add_argument(
                 flag,
                 dest=s.name,
                 metavar=s.name.upper(),
-                help=f"{s.help} Default: {s.default!r}.{env}",
+                help=f"{_escape(s.help)} Default: {s.default!r}.{env}",
             )
     from bridge.client import add_commands
 

@@ -21,6 +21,7 @@ from bridge.durations import (
     parse_keep_alive,
 )
 from bridge.hostaddr import HostAddr, parse_host
+from bridge.upstream.config import UpstreamConfig, UpstreamConfigError, parse_upstreams
 
 
 class ConfigError(Exception):
@@ -255,7 +256,7 @@ SETTINGS: tuple[Setting, ...] = (
 )
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 # Tables in the config file that are not plain settings.
-TABLES = ("aliases", "model")
+TABLES = ("aliases", "model", "upstream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +289,7 @@ class Settings:
     load_cooldown: float = 10.0
     aliases: Mapping[str, str] = field(default_factory=dict)
     model_overrides: Mapping[str, ModelOverride] = field(default_factory=dict)
+    upstreams: tuple[UpstreamConfig, ...] = ()
     config_path: str | None = None
 
     @property
@@ -338,7 +340,17 @@ def load_settings(
     if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
         raise ConfigError(f"[aliases] in {path} must map names to model names")
     overrides = _model_overrides(file_values.get("model", {}), path)
-    return Settings(**values, aliases=dict(aliases), model_overrides=overrides, config_path=path)
+    try:
+        upstreams = parse_upstreams(file_values.get("upstream", []), environ=env)
+    except UpstreamConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return Settings(
+        **values,
+        aliases=dict(aliases),
+        model_overrides=overrides,
+        upstreams=upstreams,
+        config_path=path,
+    )
 
 
 def _model_overrides(table: Any, path: str | None) -> dict[str, ModelOverride]:
@@ -406,6 +418,40 @@ def render_config_file() -> str:
         '# [model."llama3.2:latest"]',
         "# num_parallel = 4",
         "# pinned = true",
+        "",
+        "# Upstream servers: other Ollama or OpenAI-compatible servers (vLLM, llama-server,",
+        "# LM Studio, another bridge) whose models bridge serves too, one [[upstream]] table each.",
+        "# Their models are listed beside the local ones, under their own names, or as",
+        "# <upstream>/<model> when a local model has the name (always, with names = prefixed).",
+        "# The same name on several upstreams is one model with replicas: each request goes to",
+        "# the replica with the fewest requests in flight, and one that fails before replying",
+        "# is retried on another.",
+        "# [[upstream]]",
+        '# name = "vllm-a"                    # letters, digits, _ or -; prefixes its model names',
+        '# url = "http://10.0.0.5:8000/v1"    # ollama: http://host:11434; openai: base URL with /v1',
+        '# kind = "openai"                    # "ollama" or "openai"',
+        '# api_key = "..."                    # sent as "Authorization: Bearer ..."',
+        '# api_key_env = "VLLM_API_KEY"       # or read the key from this environment variable',
+        '# headers = { "X-Team" = "search" }  # more headers to send',
+        "# Which models: a list of names, or renames (local name = name on the upstream). With",
+        "# neither, the upstream's own list (/api/tags or /v1/models) is read and kept current.",
+        '# models = ["meta-llama/Llama-3.1-8B-Instruct"]',
+        '# models = { "llama3.1:8b" = "meta-llama/Llama-3.1-8B-Instruct" }',
+        "# discover = true                    # default: true when models is not given",
+        '# refresh = "1m"                     # how often the model list is read again',
+        '# names = "auto"                     # or "prefixed": always <upstream>/<model>',
+        '# connect_timeout = "10s"            # also the limit for model lists and health checks',
+        '# read_timeout = "5m"                # longest silence: first token (or a load), next token',
+        "# max_connections = 100",
+        '# health_interval = "10s"            # 0 = no health checks',
+        "# max_failures = 3                   # failures in a row that take it out of rotation,",
+        '# eject_for = "30s"                  # for this long, or until a health check passes',
+        "# extensions = true                  # send top_k, min_p, repetition penalties and",
+        "#                                    # chat_template_kwargs (vLLM, llama-server); false",
+        "#                                    # for servers that refuse unknown fields",
+        "# Ollama upstreams only: serve local models that fail to load (unsupported",
+        "# architecture, corrupt file) from here instead: true for all, or a list of names.",
+        '# fallback = ["deepseek-v3:latest"]',
         "",
     ]
     return "\n".join(out)

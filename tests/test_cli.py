@@ -99,3 +99,13 @@ def test_sigterm_ends_streams_unloads_and_exits_0(
     log = proc.stderr.read()
     assert b"unloading smollm2-135m-instruct.q4_1:latest (shutdown)" in log
     assert b"Traceback" not in log
+
+
+def test_serve_help_lists_every_setting() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "bridge", "serve", "--help"],
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert b"--memory-budget" in r.stdout and b"90% of" in r.stdout

@@ -1,0 +1,444 @@
+"""Proxy overhead: the time bridge adds per request and per streamed chunk when a model is
+served by an upstream.
+
+The upstream is a loopback HTTP server in its own process (on its own core when there is one
+to spare) that answers at once with a prepared reply: an Ollama /api/chat NDJSON stream or an
+OpenAI /v1/chat/completions SSE stream of N pieces. Two ways of asking it the same thing run
+in this process, interleaved in blocks so that drift hits both alike:
+
+- direct: a bare httpx client that posts, splits the reply into records and parses each one
+  (the work any client of that upstream does anyway), over the same transport bridge uses
+  (aiohttp's client under httpx; `--direct-transport httpx` for httpx's own), so that the
+  difference is bridge's own work;
+- bridge: `Upstreams.chat()` (name lookup, replica choice, request encoding, the reply decoded
+  into Chunks with metrics); or, with `--e2e`, a real `bridge serve` process in between, asked
+  over /api/chat by the same bare client.
+
+"Added" is bridge minus direct at the same percentile; per chunk, the added time of a long
+reply divided by its pieces. "CPU" is this process's CPU time per request, bridge minus direct
+(library mode only). With 50 concurrent clients every request waits for the others' CPU in one
+event loop, so the added latency there is about 50 times the added CPU.
+
+    python bench/proxy_overhead.py                     # the library, both upstream kinds
+    python bench/proxy_overhead.py --requests 4000 --chunks 256
+    python bench/proxy_overhead.py --e2e               # through `bridge serve` (once wired)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bridge.domain import ChatRequest, Message, Options  # noqa: E402
+from bridge.upstream import ModelMapping, UpstreamConfig, Upstreams  # noqa: E402
+from bridge.upstream.aiohttp_transport import AiohttpTransport  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+MODEL = "bench:latest"
+TARGET_P50_MS, TARGET_P99_MS = 1.0, 5.0
+
+
+# --- the instant upstream (a child process) --------------------------------------------------
+
+
+def _ollama_records(n: int) -> list[bytes]:
+    head = {"model": MODEL, "created_at": "2025-01-01T00:00:00Z"}
+    out = [
+        orjson.dumps(head | {"message": {"role": "assistant", "content": "tok"}, "done": False})
+        + b"\n"
+        for _ in range(n)
+    ]
+    final = head | {
+        "message": {"role": "assistant", "content": ""},
+        "done": True,
+        "done_reason": "stop",
+        "prompt_eval_count": 5,
+        "eval_count": n,
+    }
+    return [*out, orjson.dumps(final) + b"\n"]
+
+
+def _openai_records(n: int) -> list[bytes]:
+    head = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": MODEL}
+
+    def event(obj: dict[str, Any]) -> bytes:
+        return b"data: " + orjson.dumps(head | obj) + b"\n\n"
+
+    out = [
+        event({"choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": None}]})
+        for _ in range(n)
+    ]
+    out.append(event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5}
+    out.append(event({"choices": [], "usage": usage}))
+    return [*out, b"data: [DONE]\n\n"]
+
+
+def _chunked(records: list[bytes], content_type: str) -> bytes:
+    """A whole HTTP/1.1 response, one chunk per record, as a streaming server sends it."""
+    head = f"HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+    body = b"".join(b"%x\r\n%s\r\n" % (len(r), r) for r in records)
+    return head.encode() + body + b"0\r\n\r\n"
+
+
+def _json(obj: Any) -> bytes:
+    body = orjson.dumps(obj)
+    head = (
+        f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class _Instant(asyncio.Protocol):
+    """An HTTP/1.1 server that answers each request at once with a prepared reply: no
+    framework, so that the upstream costs next to nothing and never becomes the bottleneck."""
+
+    cache: ClassVar[dict[tuple[bytes, int], bytes]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+            head = self.buf[:end].lower()
+            length = 0
+            if (i := head.find(b"content-length:")) >= 0:
+                length = int(head[i + 15 :].split(b"\r\n", 1)[0])
+            if len(self.buf) < end + 4 + length:
+                return
+            body = self.buf[end + 4 : end + 4 + length]
+            self.buf = self.buf[end + 4 + length :]
+            self.transport.write(self.reply(head.split(b" ", 2)[1], body))
+
+    def reply(self, path: bytes, body: bytes) -> bytes:
+        if path == b"/api/tags":
+            return _json({"models": [{"name": MODEL, "model": MODEL}]})
+        if path in (b"/api/version", b"/api/ps"):
+            return _json({"version": "0.13.0", "models": []})
+        req = orjson.loads(body)
+        n = int(req["options"]["num_predict"] if path == b"/api/chat" else req["max_tokens"])
+        key = (path, n)
+        if key not in self.cache:
+            if path == b"/api/chat":
+                self.cache[key] = _chunked(_ollama_records(n), "application/x-ndjson")
+            else:
+                self.cache[key] = _chunked(_openai_records(n), "text/event-stream")
+        return self.cache[key]
+
+
+def _serve(port: multiprocessing.Queue[int], cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Instant, "127.0.0.1", 0, backlog=1024)
+        port.put(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+def _body(kind: str, n: int) -> bytes:
+    msgs = [{"role": "user", "content": "hi"}]
+    if kind == "ollama":
+        return orjson.dumps(
+            {"model": MODEL, "messages": msgs, "stream": True, "options": {"num_predict": n}}
+        )
+    return orjson.dumps(
+        {
+            "model": MODEL,
+            "messages": msgs,
+            "stream": True,
+            "max_tokens": n,
+            "stream_options": {"include_usage": True},
+        }
+    )
+
+
+def direct(client: httpx.AsyncClient, url: str, kind: str, n: int) -> Callable[[], Awaitable[int]]:
+    """A bare client: post, split the reply into records, parse each one."""
+    body = _body(kind, n)
+    headers = {"content-type": "application/json"}
+
+    async def one() -> int:
+        count = 0
+        async with client.stream("POST", url, content=body, headers=headers) as r:
+            pending = b""
+            async for data in r.aiter_bytes():
+                *complete, pending = (pending + data).split(b"\n")
+                for line in complete:
+                    if kind == "ollama" and line:
+                        orjson.loads(line)
+                        count += 1
+                    elif line.startswith(b"data: {"):
+                        orjson.loads(line[6:])
+                        count += 1
+        return count
+
+    return one
+
+
+def library(ups: Upstreams, n: int) -> Callable[[], Awaitable[int]]:
+    req = ChatRequest(
+        model=MODEL, messages=(Message("user", "hi"),), options=Options(num_predict=n)
+    )
+
+    async def one() -> int:
+        count = 0
+        async for _ in ups.chat(MODEL, req):
+            count += 1
+        return count
+
+    return one
+
+
+@dataclass(slots=True)
+class Sample:
+    ms: list[float] = field(default_factory=list)  # each request's time
+    cpu_s: float = 0.0  # this process's CPU time over the sample's blocks
+
+
+async def timed(fn: Callable[[], Awaitable[int]], clients: int, total: int, into: Sample) -> None:
+    """`total` requests from `clients` concurrent workers."""
+    per = max(1, total // clients)
+
+    async def worker() -> None:
+        for _ in range(per):
+            t0 = time.perf_counter_ns()
+            await fn()
+            into.ms.append((time.perf_counter_ns() - t0) / 1e6)
+
+    cpu = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    into.cpu_s += time.process_time() - cpu
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+async def compare(
+    a: Callable[[], Awaitable[int]],
+    b: Callable[[], Awaitable[int]],
+    clients: int,
+    total: int,
+    blocks: int,
+) -> tuple[Sample, Sample]:
+    """Interleaved blocks of a and b (order alternating), after a warm-up of each."""
+    await timed(a, clients, min(total, 200), Sample())
+    await timed(b, clients, min(total, 200), Sample())
+    sa, sb = Sample(), Sample()
+    for i in range(blocks):
+        order = [(a, sa), (b, sb)] if i % 2 == 0 else [(b, sb), (a, sa)]
+        for fn, into in order:
+            await timed(fn, clients, total // blocks, into)
+    return sa, sb
+
+
+def row(what: str, kind: str, clients: int, chunks: int, d: Sample, b: Sample) -> dict[str, Any]:
+    per = chunks if what == "per chunk" else 1
+    r: dict[str, Any] = {"what": what, "upstream": kind, "clients": clients, "chunks": chunks}
+    for p in (50, 99):
+        r[f"direct_p{p}_ms"] = round(pct(d.ms, p), 4)
+        r[f"bridge_p{p}_ms"] = round(pct(b.ms, p), 4)
+        r[f"added_p{p}_ms"] = round((pct(b.ms, p) - pct(d.ms, p)) / per, 4)
+    # CPU this process spent per request (the e2e bridge's own CPU is in another process).
+    r["direct_cpu_us"] = round(d.cpu_s / len(d.ms) * 1e6, 1)
+    r["bridge_cpu_us"] = round(b.cpu_s / len(b.ms) * 1e6, 1)
+    r["added_cpu_us"] = round((b.cpu_s / len(b.ms) - d.cpu_s / len(d.ms)) * 1e6 / per, 2)
+    r["requests"] = len(b.ms)
+    return r
+
+
+# --- end to end: a real bridge process ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_bridge(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    cfg = tmp / "bridge.toml"
+    cfg.write_text(
+        "[[upstream]]\n"
+        'name = "bench"\n'
+        f'url = "http://127.0.0.1:{upstream_port}"\n'
+        'kind = "ollama"\n'
+        "health_interval = 0\n"
+    )
+    env = dict(os.environ, OLLAMA_MODELS=str(tmp / "empty-store"))
+    cmd = [sys.executable, "-m", "bridge", "serve", "--demo-model", "off", "--config", str(cfg)]
+    cmd += ["--host", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            tags = httpx.get(url + "/api/tags", timeout=1).json()
+            if any(m["name"] == MODEL for m in tags["models"]):
+                return proc, url
+            proc.terminate()
+            sys.exit("bridge serve does not list the upstream's model: upstreams are not wired yet")
+        except httpx.HTTPError:
+            time.sleep(0.2)  # bench start-up polling, not a measurement
+    proc.terminate()
+    sys.exit("bridge serve did not start in 60 s")
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, Any]]:
+    base = f"http://127.0.0.1:{port}"
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    transport = None if args.direct_transport == "httpx" else AiohttpTransport(max_connections=200)
+    rows: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(
+        limits=limits, timeout=60, trust_env=False, transport=transport
+    ) as client:
+        if args.e2e:
+            proc, bridge_url = start_bridge(port, tmp)
+            try:
+                for clients in (1, 50):
+                    for what, n in (("per request", 1), ("per chunk", args.chunks)):
+                        d, b = await compare(
+                            direct(client, base + "/api/chat", "ollama", n),
+                            direct(client, bridge_url + "/api/chat", "ollama", n),
+                            clients,
+                            args.requests if n == 1 else args.requests // 4,
+                            args.blocks,
+                        )
+                        rows.append(row(what, "ollama (end to end)", clients, n, d, b))
+                        print(_line(rows[-1]), flush=True)
+            finally:
+                proc.terminate()
+                proc.wait()
+            return rows
+        for kind in ("ollama", "openai"):
+            url = base + ("/api/chat" if kind == "ollama" else "/v1/chat/completions")
+            cfg = UpstreamConfig(
+                name="bench",
+                url=base if kind == "ollama" else base + "/v1",
+                kind=kind,
+                models=(ModelMapping(MODEL, MODEL),),
+                discover=False,
+                health_interval=0,
+                max_connections=200,
+            )
+            ups = Upstreams([cfg])
+            await ups.start()
+            try:
+                for clients in (1, 50):
+                    for what, n in (("per request", 1), ("per chunk", args.chunks)):
+                        total = args.requests if n == 1 else args.requests // 4
+                        d, b = await compare(
+                            direct(client, url, kind, n),
+                            library(ups, n),
+                            clients,
+                            total,
+                            args.blocks,
+                        )
+                        rows.append(row(what, kind, clients, n, d, b))
+                        print(_line(rows[-1]), flush=True)
+            finally:
+                await ups.close()
+    return rows
+
+
+def _line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['upstream']:<8} {r['clients']:>2} clients {r['what']:<11} ({r['chunks']:>3} pieces): "
+        f"direct p50 {r['direct_p50_ms']:7.3f} p99 {r['direct_p99_ms']:7.3f} ms | "
+        f"bridge p50 {r['bridge_p50_ms']:7.3f} p99 {r['bridge_p99_ms']:7.3f} ms | "
+        f"added p50 {r['added_p50_ms']:+.4f} p99 {r['added_p99_ms']:+.4f} ms, "
+        f"CPU {r['added_cpu_us']:+.2f} us"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="requests per cell (per side)")
+    parser.add_argument("--chunks", type=int, default=128, help="pieces in a long reply")
+    parser.add_argument("--blocks", type=int, default=4, help="interleaved blocks per cell")
+    parser.add_argument("--e2e", action="store_true", help="through a `bridge serve` process")
+    parser.add_argument(
+        "--direct-transport",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="what the direct client sends with (bridge always uses aiohttp under httpx)",
+    )
+    args = parser.parse_args()
+
+    ctx = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue[int] = ctx.Queue()
+    # On a machine with cores to spare, the upstream gets one of its own.
+    cpus = sorted(os.sched_getaffinity(0))
+    upstream_cpu = cpus[-1] if len(cpus) > 1 else None
+    if upstream_cpu is not None:
+        os.sched_setaffinity(0, set(cpus[:-1]))
+    server = ctx.Process(target=_serve, args=(queue, upstream_cpu), daemon=True)
+    server.start()
+    try:
+        port = queue.get(timeout=30)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = asyncio.run(run(args, port, Path(tmp)))
+    finally:
+        server.terminate()
+        server.join()
+
+    worst = [r for r in rows if r["what"] == "per request" and r["clients"] == 50]
+    ok = all(r["added_p50_ms"] < TARGET_P50_MS and r["added_p99_ms"] < TARGET_P99_MS for r in worst)
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "target": f"added per request at 50 clients: p50 < {TARGET_P50_MS} ms, p99 < {TARGET_P99_MS} ms",
+        "target_met": ok,
+        "direct_transport": args.direct_transport,
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "proxy_overhead_e2e.json" if args.e2e else "proxy_overhead.json"
+    (RESULTS / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"target ({result['target']}): {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

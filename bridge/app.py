@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 
+import httpx
 from aiohttp import web
 
 from bridge.config import Settings
@@ -22,6 +23,7 @@ from bridge.memory import available_memory
 from bridge.models.resolver import Resolver
 from bridge.scheduler import Scheduler
 from bridge.service import Service
+from bridge.upstream import Upstreams
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,13 @@ def _default_engine() -> Engine:
 
 
 def create_app(
-    settings: Settings, *, engine_factory: Callable[[], Engine] | None = None
+    settings: Settings,
+    *,
+    engine_factory: Callable[[], Engine] | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
 ) -> web.Application:
-    """The bridge application. `engine_factory` is the seam tests use to inject failures."""
+    """The bridge application. `engine_factory` and `upstream_transport` are the seams tests
+    use to inject failures."""
     app = web.Application(client_max_size=MAX_BODY)
     install_cors(app, allowed_origins(settings.origins))
     if settings.address.is_loopback:
@@ -46,7 +52,7 @@ def create_app(
     install_request_ids(app)
     app.middlewares.append(error_middleware)
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(_service_ctx(engine_factory or _default_engine))
+    app.cleanup_ctx.append(_service_ctx(engine_factory or _default_engine, upstream_transport))
     app.on_shutdown.append(_interrupt)
     add_ollama_routes(app)
     add_manage_routes(app)
@@ -71,6 +77,7 @@ async def _first_scan(resolver: Resolver, settings: Settings) -> None:
 
 def _service_ctx(
     engine_factory: Callable[[], Engine],
+    upstream_transport: httpx.AsyncBaseTransport | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
@@ -88,12 +95,15 @@ def _service_ctx(
             memory_budget=settings.memory_budget or int(0.9 * available_memory()),
             load_cooldown=settings.load_cooldown,
         )
-        app[SERVICE] = Service(settings, resolver, scheduler)
+        upstreams = Upstreams(settings.upstreams, transport=upstream_transport)
+        await upstreams.start()
+        app[SERVICE] = Service(settings, resolver, scheduler, upstreams)
         # The first scan reads every GGUF header; it runs in the background so that the
         # server answers at once (a request that needs the models waits for its own scan).
         scan = asyncio.create_task(_first_scan(resolver, settings))
         yield
         scan.cancel()
         await scheduler.close()
+        await upstreams.close()
 
     return ctx

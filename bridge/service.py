@@ -26,7 +26,13 @@ from bridge.domain import (
     Options,
 )
 from bridge.engine.base import LoadedModel
-from bridge.errors import CapabilityMissing, InvalidRequest, ModelLoadFailed, ModelNotFound
+from bridge.errors import (
+    CapabilityMissing,
+    InvalidModelName,
+    InvalidRequest,
+    ModelLoadFailed,
+    ModelNotFound,
+)
 from bridge.memory import estimate
 from bridge.models.gguf_info import GGUFError, GGUFInfo, model_info, read_gguf
 from bridge.models.names import InvalidName, ModelName
@@ -36,6 +42,7 @@ from bridge.options import load_options, model_defaults, num_predict, parse_opti
 from bridge.scheduler import Lease, LoadRequest, Runner, Scheduler
 from bridge.templates.output import OutputShape, shape_output
 from bridge.templates.prompt import PromptTemplate, fit_chat, render_chat, render_fim
+from bridge.upstream import Route, Upstreams
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +60,43 @@ class ShowInfo:
 
 
 class Service:
-    def __init__(self, settings: Settings, resolver: Resolver, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        resolver: Resolver,
+        scheduler: Scheduler,
+        upstreams: Upstreams | None = None,
+    ) -> None:
         self.settings = settings
         self.resolver = resolver
         self.scheduler = scheduler
+        self.upstreams = upstreams
 
     # --- lookup --------------------------------------------------------------------------
 
     async def list_models(self) -> list[ModelSpec]:
-        return await self.resolver.list()
+        """Local models, then upstream ones (a local model keeps a clashing name)."""
+        local = await self.resolver.list()
+        if self.upstreams is None:
+            return local
+        remote = self.upstreams.models([s.name for s in local])
+        return sorted(local + remote, key=lambda s: s.modified_at, reverse=True)
+
+    async def _target(self, raw: str, *, missing: str) -> ModelSpec | Route:
+        """A local model, else an upstream route; never another model."""
+        try:
+            spec = await self.resolver.find(raw)
+        except InvalidModelName:
+            route = self.upstreams.find(raw) if self.upstreams else None
+            if route is None:
+                raise
+            return route
+        if spec is not None:
+            return spec
+        route = self.upstreams.find(raw) if self.upstreams else None
+        if route is not None:
+            return route
+        raise ModelNotFound(missing.format(name=raw, short=ModelName.parse(raw).display))
 
     async def find(self, raw: str, *, missing: str) -> ModelSpec:
         """The model named `raw`; `missing` is the not-found text, `{name}` = the name as sent,
@@ -126,7 +161,11 @@ class Service:
     async def chat(self, req: ChatRequest) -> AsyncIterator[Chunk]:
         """Stream a chat reply. Errors that can be known up front raise before the first chunk."""
         received = time.perf_counter_ns()
-        spec = await self.find(req.model, missing="model '{name}' not found")
+        target = await self._target(req.model, missing="model '{name}' not found")
+        if isinstance(target, Route):
+            assert self.upstreams is not None
+            return self.upstreams.chat(target, req)
+        spec = target
         if not req.messages:
             return self._load_or_unload(spec, req.options, req.keep_alive, received)
         info = await self.header(spec)
@@ -174,7 +213,11 @@ class Service:
         received = time.perf_counter_ns()
         if req.raw and (req.template or req.system or req.context):
             raise InvalidRequest("raw mode does not support template, system, or context")
-        spec = await self.find(req.model, missing="model '{name}' not found")
+        target = await self._target(req.model, missing="model '{name}' not found")
+        if isinstance(target, Route):
+            assert self.upstreams is not None
+            return self.upstreams.generate(target, req)
+        spec = target
         if not req.prompt and not req.suffix:
             return self._load_or_unload(spec, req.options, req.keep_alive, received)
         info = await self.header(spec)

@@ -237,12 +237,19 @@ async def test_json_format(http: httpx.AsyncClient) -> None:
             "options": {"temperature": 0, "num_predict": 400},
         },
     )
-    text = r.json()["message"]["content"]
-    assert isinstance(orjson.loads(text), dict | list | str | int | float)
+    body = r.json()
+    text = body["message"]["content"]
+    # The grammar allows any JSON; a tiny model may still be writing it when num_predict ends.
+    assert text.lstrip()[:1] in ("{", "[")
+    if body["done_reason"] == "stop":
+        assert isinstance(orjson.loads(text), dict | list)
 
     schema = {
         "type": "object",
-        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "properties": {
+            "name": {"type": "string", "maxLength": 20},
+            "age": {"type": "integer", "maximum": 150},
+        },
         "required": ["name", "age"],
     }
     r = await http.post(

@@ -82,6 +82,14 @@ class Service:
         remote = self.upstreams.models([s.name for s in local])
         return sorted(local + remote, key=lambda s: s.modified_at, reverse=True)
 
+    async def describe(self, raw: str) -> ModelSpec | None:
+        """The model named `raw`, local or upstream, or None (also for an invalid name)."""
+        try:
+            target = await self._target(raw, missing="")
+        except (InvalidModelName, ModelNotFound):
+            return None
+        return target.spec if isinstance(target, Route) else target
+
     async def _target(self, raw: str, *, missing: str) -> ModelSpec | Route:
         """A local model, else an upstream route; never another model."""
         try:

@@ -60,3 +60,4 @@ async def test_same_client_code_everywhere(base: str, model: str) -> None:
             )
         ]  # type: ignore[arg-type]
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        assert (await oai.models.retrieve(model)).id == model

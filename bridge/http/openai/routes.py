@@ -147,11 +147,7 @@ async def models(request: web.Request) -> web.Response:
 
 async def model(request: web.Request) -> web.Response:
     raw = request.match_info["model"]
-    spec = None
-    try:
-        spec = await request.app[SERVICE].resolver.find(raw)
-    except InvalidRequest:
-        spec = None
+    spec = await request.app[SERVICE].describe(raw)
     if spec is None:
         try:
             short = ModelName.parse(raw).display

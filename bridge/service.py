@@ -136,7 +136,21 @@ class Service:
         system: str | None = None,
         options: dict[str, Any] | None = None,
     ) -> ShowInfo:
-        spec = await self.find(raw, missing="model '{short}' not found")
+        target = await self._target(raw, missing="model '{short}' not found")
+        if isinstance(target, Route):
+            # Served by an upstream: what bridge knows of it (`ollama run` shows before it runs).
+            remote = target.spec
+            return ShowInfo(
+                spec=remote,
+                modelfile=render_modelfile(remote, {}),
+                parameters="",
+                capabilities=("completion",),
+                model_info={},
+                tensors=[],
+                chat_template=None,
+                system=None,
+            )
+        spec = target
         info: GGUFInfo | None = None
         if not spec.problem:
             try:

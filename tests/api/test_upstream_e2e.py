@@ -40,6 +40,7 @@ async def test_same_client_code_everywhere(base: str, model: str) -> None:
     async with ollama.AsyncClient(host=base) as client:
         names = {m.model for m in (await client.list()).models}
         assert {SMOL, "remote-ollama:latest"} <= names
+        assert "completion" in ((await client.show(model)).capabilities or [])
         resp = await client.chat(model, messages=msgs, options={"num_predict": 4})
         assert resp.done and resp.message.role == "assistant" and resp.message.content
         assert resp.eval_count

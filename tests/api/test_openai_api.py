@@ -53,7 +53,9 @@ async def test_models(oai: openai.AsyncOpenAI, http: httpx.AsyncClient) -> None:
 
 
 async def test_chat_completion(oai: openai.AsyncOpenAI) -> None:
-    resp = await oai.chat.completions.create(model=SMOL, messages=MSGS, max_tokens=8, seed=1)
+    resp = await oai.chat.completions.create(
+        model=SMOL, messages=MSGS, max_tokens=8, seed=1, temperature=0
+    )
     assert resp.object == "chat.completion" and resp.model == SMOL
     assert resp.id.startswith("chatcmpl-") and resp.system_fingerprint == "fp_ollama"
     choice = resp.choices[0]
@@ -91,6 +93,7 @@ async def test_chat_stream_framing(http: httpx.AsyncClient) -> None:
             "messages": MSGS,
             "max_tokens": 4,
             "stream": True,
+            "temperature": 0,
         },
     )
     assert r.headers["content-type"] == "text/event-stream"

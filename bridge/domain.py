@@ -118,6 +118,9 @@ class Metrics:
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
+    # Prompt tokens whose KV cells were reused from an earlier request (prefix cache); they are
+    # part of prompt_eval_count but were not evaluated again.
+    prompt_cached: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,16 @@
 An engine loads a model file into a `LoadedModel`. A loaded model runs completions as an async
 stream of `Chunk`s. Implementations own their threads: nothing here may block the event loop,
 and closing the stream (the client went away) must stop the work within a token.
+
+A model loaded with `parallel` slots runs that many `complete` calls at once, batched together;
+more calls wait inside the model for a free slot. The model picks the slot itself: the one whose
+cached tokens share the longest prefix with the new prompt, whose KV cells it then reuses (the
+final chunk's `Metrics.prompt_cached` says how many).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from bridge.domain import Chunk, Completion, LoadOptions, ModelSpec
@@ -35,6 +40,12 @@ class LoadedModel(Protocol):
         Raises bridge errors (e.g. ContextLengthExceeded) before the first chunk when the
         request cannot run. Closing the iterator cancels the generation.
         """
+        ...
+
+    async def embed(self, texts: Sequence[str], *, truncate: bool = True) -> list[list[float]]:
+        """One L2-normalised embedding per text, computed several texts per decode. Raises
+        CapabilityMissing for a model without pooling (not an embedding model), and
+        ContextLengthExceeded for a text longer than the context unless `truncate`."""
         ...
 
     async def tokenize(self, text: str) -> list[int]:

@@ -109,6 +109,30 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    """/api/embed, the legacy /api/embeddings and /v1/embeddings, decoded."""
+
+    model: str
+    inputs: tuple[str, ...]
+    truncate: bool = True
+    dimensions: int | None = None
+    # Ollama L2-normalises /api/embed and /v1 vectors; the legacy endpoint sends them raw.
+    normalize: bool = True
+    options: Options = Options()
+    keep_alive: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One vector per input, in input order, and Ollama's timing fields (ns)."""
+
+    vectors: list[list[float]]
+    prompt_eval_count: int = 0
+    total_duration: int = 0
+    load_duration: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Metrics:
     """Ollama's timing fields, all durations in nanoseconds."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -19,6 +20,8 @@ from bridge.domain import (
     ChatRequest,
     Chunk,
     Completion,
+    Embeddings,
+    EmbedRequest,
     GenerateRequest,
     Message,
     Metrics,
@@ -28,6 +31,7 @@ from bridge.domain import (
 from bridge.engine.base import LoadedModel
 from bridge.errors import (
     CapabilityMissing,
+    EngineFailed,
     InvalidModelName,
     InvalidRequest,
     ModelLoadFailed,
@@ -277,6 +281,41 @@ class Service:
             shape=shaping,
         )
 
+    async def embed(self, req: EmbedRequest) -> Embeddings:
+        """Embeddings of every input, L2-normalised unless `req.normalize` is off, cut to
+        `req.dimensions` (and normalised again) when that is shorter. No inputs: the model is
+        loaded (or unloaded, keep_alive 0) and no vector comes back, as Ollama does."""
+        received = time.perf_counter_ns()
+        target = await self._target(
+            req.model, missing='model "{name}" not found, try pulling it first'
+        )
+        if isinstance(target, Route):
+            assert self.upstreams is not None
+            return await self.upstreams.embed(
+                target,
+                req.inputs,
+                truncate=req.truncate,
+                dimensions=req.dimensions,
+                options=req.options,
+                keep_alive=req.keep_alive,
+            )
+        spec = target
+        if not req.inputs:
+            async for _ in self._load_or_unload(spec, req.options, req.keep_alive, received):
+                pass
+            return Embeddings(vectors=[])
+        info = await self.header(spec)
+        lease: Lease
+        async with self._lease(spec, info, req.options, req.keep_alive) as lease:
+            out = await lease.model.embed(req.inputs, truncate=req.truncate)
+        vectors = [_shape_vector(v, req.dimensions, req.normalize) for v in out.vectors]
+        return replace(
+            out,
+            vectors=vectors,
+            total_duration=time.perf_counter_ns() - received,
+            load_duration=lease.load_duration_ns,
+        )
+
     def _check_completion(self, caps: tuple[str, ...], raw: str, what: str) -> None:
         if "completion" not in caps:
             raise CapabilityMissing(f'"{raw}" does not support {what}')
@@ -384,6 +423,17 @@ class Service:
                     yield chunk
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _shape_vector(vector: list[float], dimensions: int | None, normalize: bool) -> list[float]:
+    if dimensions is not None and 0 < dimensions < len(vector):
+        vector = vector[:dimensions]
+    if not all(map(math.isfinite, vector)):
+        raise EngineFailed("embedding contains NaN or Inf values")
+    if not normalize:
+        return vector
+    norm = math.sqrt(math.fsum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else vector
 
 
 def _tool_names(tools: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGUFValueType, GGUFWriter, LlamaFileType
+from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys, LlamaFileType
 
-__all__ = ["write_corrupt_gguf", "write_tiny_gguf"]
+__all__ = ["copy_with_keys", "write_corrupt_gguf", "write_tiny_gguf"]
 
 
 def _default_tensors(embedding_length: int) -> dict[str, npt.NDArray[Any]]:
@@ -72,3 +72,30 @@ def write_corrupt_gguf(path: str | os.PathLike[str]) -> Path:
     garbage = rng.integers(0, 256, size=256, dtype=np.uint8).tobytes()
     out.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\xff" * 16 + garbage)
     return out
+
+
+def copy_with_keys(src: str | os.PathLike[str], dst: str | os.PathLike[str], **keys: Any) -> Path:
+    """Copy a real GGUF with extra metadata. Keys are written with `{arch}` replaced by the
+    model's architecture, values as `(value, GGUFValueType)` pairs; for example
+    `copy_with_keys(smollm2, out, **{"{arch}.pooling_type": (1, GGUFValueType.UINT32)})` turns
+    SmolLM2 into a (poor but real) mean-pooling embedding model."""
+    reader = GGUFReader(src, "r")
+    arch = str(reader.fields[Keys.General.ARCHITECTURE].contents())
+    writer = GGUFWriter(dst, arch)
+    for f in reader.fields.values():
+        if f.name == Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
+            continue
+        kind = f.types[0]
+        sub = f.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(f.name, f.contents(), kind, sub_type=sub)
+    for key, (value, kind) in keys.items():
+        writer.add_key_value(key.format(arch=arch), value, kind)
+    for t in reader.tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in reader.tensors:
+        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+    writer.close()
+    return Path(dst)

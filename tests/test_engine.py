@@ -4,19 +4,22 @@ produces, cancellation frees only its own sequence, prefix reuse shows in the me
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import gguf
 import orjson
 import pytest
+from gguf import GGUFValueType
 
 from bridge.domain import Chunk, Completion, LoadOptions, ModelSpec, Sampling
 from bridge.engine.batching import Slot, common_prefix, pick_slot, prompt_chunk, shorten
 from bridge.engine.llamacpp import LlamaCppEngine, LlamaCppModel
 from bridge.errors import CapabilityMissing, ContextLengthExceeded, EngineFailed
+from tests.ggufgen import copy_with_keys
 from tests.store import smollm2_path
+
+UINT32 = GGUFValueType.UINT32
 
 GREEDY = Sampling(temperature=0, seed=1)
 SEEDED = Sampling(temperature=0.9, top_k=100, top_p=1.0, seed=42)
@@ -244,47 +247,33 @@ async def test_embeddings_need_an_embedding_model(model: LlamaCppModel) -> None:
 
 
 @pytest.fixture(scope="module")
-def embedding_gguf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def embedding_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2 declaring mean pooling: a (poor but real) embedding model."""
-    path = tmp_path_factory.mktemp("embed") / "smollm2-mean.gguf"
-    reader = gguf.GGUFReader(smollm2_path(), "r")
-    arch = str(reader.fields["general.architecture"].contents())
-    writer = gguf.GGUFWriter(path, arch)
-    for f in reader.fields.values():
-        if f.name == gguf.Keys.General.ARCHITECTURE or f.name.startswith("GGUF."):
-            continue
-        kind = f.types[0]
-        sub = f.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(f.name, f.contents(), kind, sub_type=sub)
-    writer.add_key_value(f"{arch}.pooling_type", 1, gguf.GGUFValueType.UINT32)
-    for t in reader.tensors:
-        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    for t in reader.tensors:
-        writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
-    writer.close()
-    yield path
+    out = tmp_path_factory.mktemp("embed") / "smollm2-mean.gguf"
+    return copy_with_keys(smollm2_path(), out, **{"{arch}.pooling_type": (1, UINT32)})
 
 
 async def test_embeddings_run_batched(embedding_gguf: Path) -> None:
     model = await load(embedding_gguf, num_ctx=256)
     try:
         texts = ["the cat sat on the mat", "a kitten rested on the rug", "markets fell today"]
-        many = await model.embed(texts * 7)  # more inputs than one decode carries
-        assert len(many) == 21 and len({len(v) for v in many}) == 1
-        assert all(abs(sum(x * x for x in v) - 1.0) < 1e-4 for v in many)
+        out = await model.embed(texts * 7)  # more inputs than one decode carries
+        many = out.vectors
+        assert len(many) == 21 and len({len(v) for v in many}) == 1 and len(many[0]) == 576
+        counts = [len(await model.tokenize(t)) for t in texts]
+        assert out.prompt_eval_count == 7 * sum(counts)
 
         def cos(a: list[float], b: list[float]) -> float:
-            return sum(x * y for x, y in zip(a, b, strict=True))
+            dot = sum(x * y for x, y in zip(a, b, strict=True))
+            return dot / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
 
         assert cos(many[0], many[1]) > cos(many[0], many[2])
-        (alone,) = await model.embed([texts[0]])
-        assert max(abs(x - y) for x, y in zip(alone, many[0], strict=True)) < 1e-5
+        alone = (await model.embed([texts[0]])).vectors[0]
+        assert max(abs(x - y) for x, y in zip(alone, many[0], strict=True)) < 1e-4
         with pytest.raises(ContextLengthExceeded):
             await model.embed(["word " * 400], truncate=False)
-        assert len(await model.embed(["word " * 400])) == 1
+        cut = await model.embed(["word " * 400])
+        assert len(cut.vectors) == 1 and cut.prompt_eval_count == 256
     finally:
         await model.close()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from bridge.domain import Chunk, Completion, LoadOptions, ModelSpec
+from bridge.domain import Chunk, Completion, Embeddings, LoadOptions, ModelSpec
 
 
 class LoadedModel(Protocol):
@@ -42,10 +42,11 @@ class LoadedModel(Protocol):
         """
         ...
 
-    async def embed(self, texts: Sequence[str], *, truncate: bool = True) -> list[list[float]]:
-        """One L2-normalised embedding per text, computed several texts per decode. Raises
-        CapabilityMissing for a model without pooling (not an embedding model), and
-        ContextLengthExceeded for a text longer than the context unless `truncate`."""
+    async def embed(self, texts: Sequence[str], *, truncate: bool = True) -> Embeddings:
+        """One embedding per text as the model pools it (not normalised), several texts per
+        decode; `prompt_eval_count` is the tokens of all. Raises CapabilityMissing for a model
+        without pooling (not an embedding model), and ContextLengthExceeded for a text longer
+        than the context unless `truncate` (then it is cut)."""
         ...
 
     async def tokenize(self, text: str) -> list[int]:

@@ -39,7 +39,7 @@ import llama_cpp
 import orjson
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from bridge.domain import Chunk, Completion, Format, LoadOptions, ModelSpec, Sampling
+from bridge.domain import Chunk, Completion, Embeddings, Format, LoadOptions, ModelSpec, Sampling
 from bridge.engine.batching import (
     Job,
     Outbox,
@@ -155,13 +155,14 @@ class LlamaCppModel:
             # its next decode step and frees its KV cells.
             self._b.cancel(job)
 
-    async def embed(self, texts: Sequence[str], *, truncate: bool = True) -> list[list[float]]:
-        """One L2-normalised vector per text, several texts per decode. Needs a model whose GGUF
-        declares a pooling type (an embedding model); others raise CapabilityMissing."""
+    async def embed(self, texts: Sequence[str], *, truncate: bool = True) -> Embeddings:
+        """One vector per text as the model pools it (not normalised), several texts per
+        decode. Needs a model whose GGUF declares a pooling type (an embedding model); others
+        raise CapabilityMissing."""
         if not self._b.embeddings:
             raise CapabilityMissing("this model does not support embeddings")
-        inputs = [await self.tokenize(t) for t in texts]
-        fut: Future[list[list[float]]] = Future()
+        inputs = await self._b.off_thread(self._b.tokenize_all, texts)
+        fut: Future[Embeddings] = Future()
         self._b.call(fut, self._b.embed, inputs, truncate)
         return await asyncio.wrap_future(fut)
 
@@ -253,6 +254,7 @@ class _Batcher:
         self._n_batch = 0
         self._bos_text = ""
         self._adds_bos = False
+        self._adds_eos = False
         self._batch: _Batch | None = None
         self._waiting: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []  # in admission order
@@ -314,6 +316,9 @@ class _Batcher:
             buf = (llama_cpp.llama_token * -n)()
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, len(buf), add_bos, True)
         return list(buf[:n])
+
+    def tokenize_all(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.tokenize(t) for t in texts]
 
     def prepare(self, c: Completion, loop: asyncio.AbstractEventLoop) -> Job:
         """Everything about a request that can fail before it runs: tokens, fit, grammar."""
@@ -476,6 +481,7 @@ class _Batcher:
             self._piece(bos, special=True).decode("utf-8", "replace") if bos >= 0 else ""
         )
         self._adds_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._adds_eos = bool(llama_cpp.llama_vocab_get_add_eos(self._vocab))
         log.info(
             "loaded %s (n_ctx=%d x %d slots, batch=%d, threads=%d, gpu_layers=%s) in %.2fs",
             spec.name,
@@ -706,30 +712,31 @@ class _Batcher:
         while self._waiting:
             self._outbox.emit(self._waiting.popleft(), exc)
 
-    def embed(self, inputs: list[list[int]], truncate: bool) -> list[list[float]]:
+    def embed(self, inputs: list[list[int]], truncate: bool) -> Embeddings:
         """Pool each input's embedding, packing inputs into as few decodes as fit."""
         batch = self._batch
         assert batch is not None
         limit = min(self._n_batch, self.n_ctx)
-        for toks in inputs:
-            if len(toks) > limit and not truncate:
-                raise ContextLengthExceeded("the input length exceeds the context length")
-        inputs = [toks[:limit] for toks in inputs]
+        for i, toks in enumerate(inputs):
+            if not toks:
+                raise InvalidRequest("cannot embed an empty input")
+            if len(toks) > limit:
+                if not truncate:
+                    raise ContextLengthExceeded("the input length exceeds the context length")
+                # Keep the closing separator (EOS) that models such as BERT pool on.
+                inputs[i] = toks[: limit - 1] + toks[-1:] if self._adds_eos else toks[:limit]
         n_embd = int(llama_cpp.llama_model_n_embd_out(self._model))
-        out: list[list[float]] = []
+        vectors: list[list[float]] = []
         i = 0
         while i < len(inputs):
             batch.clear()
             group = 0
             while i + group < len(inputs) and group < EMBED_SEQS:
                 toks = inputs[i + group]
-                if batch.n + len(toks) > limit or not toks:
-                    if group == 0 and not toks:
-                        raise InvalidRequest("cannot embed an empty input")
+                if batch.n + len(toks) > limit:
                     break
                 batch.add_run(toks, 0, group, True)
-                for r in range(batch.n - len(toks), batch.n):
-                    batch.logits[r] = 1
+                ctypes.memset(ctypes.addressof(batch.logits) + batch.n - len(toks), 1, len(toks))
                 group += 1
             llama_cpp.llama_memory_clear(self._mem, True)
             rc = llama_cpp.llama_decode(self._ctx, batch.seal())
@@ -739,12 +746,10 @@ class _Batcher:
                 ptr = llama_cpp.llama_get_embeddings_seq(self._ctx, s)
                 if not ptr:
                     raise EngineFailed("the model returned no embedding")
-                vec = ptr[:n_embd]
-                norm = sum(v * v for v in vec) ** 0.5 or 1.0
-                out.append([v / norm for v in vec])
+                vectors.append(ptr[:n_embd])
             i += group
         llama_cpp.llama_memory_clear(self._mem, True)
-        return out
+        return Embeddings(vectors=vectors, prompt_eval_count=sum(len(t) for t in inputs))
 
     def _piece(self, token: int, *, special: bool = False) -> bytes:
         cached = self._pieces.get(token) if not special else None

@@ -12,8 +12,9 @@ framing        NDJSON lines and SSE events from a byte stream
 streams        reply bodies -> Chunks, errors in-band
 """
 
+from bridge.domain import Embeddings
 from bridge.upstream.catalog import Replica, Route
-from bridge.upstream.client import Embeddings, RemoteRunner, Upstreams, UpstreamState
+from bridge.upstream.client import RemoteRunner, Upstreams, UpstreamState
 from bridge.upstream.config import (
     ModelMapping,
     UpstreamConfig,

@@ -29,6 +29,7 @@ import httpx
 from bridge.domain import (
     ChatRequest,
     Chunk,
+    Embeddings,
     GenerateRequest,
     ModelDetails,
     ModelSpec,
@@ -44,16 +45,6 @@ from bridge.upstream.config import UpstreamConfig
 from bridge.upstream.streams import ollama_chunks, openai_chunks, whole_json
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Embeddings:
-    """An upstream's embeddings, as it sent them (not normalised again here)."""
-
-    vectors: list[list[float]]
-    prompt_eval_count: int = 0
-    total_duration: int = 0  # ns
-    load_duration: int = 0  # ns
 
 
 @dataclass(frozen=True, slots=True)

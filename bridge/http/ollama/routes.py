@@ -23,10 +23,9 @@ NDJSON = "application/x-ndjson"
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:
-    # gin's c.JSON: charset=utf-8 and no trailing newline.
-    return web.Response(
-        body=orjson.dumps(obj), status=status, content_type="application/json", charset="utf-8"
-    )
+    """gin's c.JSON: charset=utf-8 and no trailing newline. `obj` may be encoded already."""
+    body = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
 
 
 async def root(request: web.Request) -> web.Response:
@@ -115,6 +114,23 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _reply(request, chunks, encode, stream, merge=_merge_chat)
 
 
+async def embed(request: web.Request) -> web.Response:
+    req = wire.decode_embed(decode_object(await request.read(), "api.EmbedRequest"))
+    if not req.model:
+        raise ModelNotFound("model '' not found")
+    parse_name(req.model)
+    result = await request.app[SERVICE].embed(req)
+    return json_response(wire.embed_reply(req.model, result))
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    req = wire.decode_embeddings(decode_object(await request.read(), "api.EmbeddingRequest"))
+    if not req.model:
+        raise InvalidRequest("model is required", param="model")
+    result = await request.app[SERVICE].embed(req)
+    return json_response(wire.embeddings_reply(result))
+
+
 async def _reply(
     request: web.Request,
     chunks: AsyncIterator[Chunk],
@@ -181,3 +197,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("POST", "/api/show", show)
     app.router.add_route("POST", "/api/generate", generate)
     app.router.add_route("POST", "/api/chat", chat)
+    app.router.add_route("POST", "/api/embed", embed)
+    app.router.add_route("POST", "/api/embeddings", embeddings)

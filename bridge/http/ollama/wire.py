@@ -7,11 +7,14 @@ import binascii
 import math
 from typing import Any
 
+import numpy as np
 import orjson
 
 from bridge.domain import (
     ChatRequest,
     Chunk,
+    Embeddings,
+    EmbedRequest,
     GenerateRequest,
     Message,
     ModelDetails,
@@ -136,6 +139,42 @@ def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool]:
     return req, f.boolean("stream", True)
 
 
+def decode_embed(data: dict[str, Any]) -> EmbedRequest:
+    """/api/embed: `input` is a string, a list of strings, or null (an empty string is no
+    input at all, as in Ollama)."""
+    f = Fields(data, "EmbedRequest")
+    raw = f.raw("input")
+    if raw is None or raw == "":
+        inputs: tuple[str, ...] = ()
+    elif isinstance(raw, str):
+        inputs = (raw,)
+    elif isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+        inputs = tuple(raw)
+    else:
+        raise InvalidRequest("invalid input type", param="input")
+    return EmbedRequest(
+        model=f.string("model"),
+        inputs=inputs,
+        truncate=f.boolean("truncate", True),
+        dimensions=f.integer("dimensions"),
+        options=parse_options(f.object("options")),
+        keep_alive=keep_alive(f),
+    )
+
+
+def decode_embeddings(data: dict[str, Any]) -> EmbedRequest:
+    """The legacy /api/embeddings: one `prompt`, the runner's vector as it is."""
+    f = Fields(data, "EmbeddingRequest")
+    prompt = f.string("prompt")
+    return EmbedRequest(
+        model=f.string("model"),
+        inputs=(prompt,) if prompt else (),
+        normalize=False,
+        options=parse_options(f.object("options")),
+        keep_alive=keep_alive(f),
+    )
+
+
 def _message(m: Any, i: int) -> Message:
     if not isinstance(m, dict):
         raise InvalidRequest(
@@ -236,6 +275,24 @@ def chat_chunk(
         out["done_reason"] = chunk.done_reason
     _metrics(out, chunk)
     return out
+
+
+def embed_reply(model: str, e: Embeddings) -> bytes:
+    """/api/embed's body. Go encodes the vectors as float32: shortest float32 digits."""
+    out: dict[str, Any] = {
+        "model": model,
+        "embeddings": np.asarray(e.vectors, dtype=np.float32) if e.vectors else [],
+    }
+    if e.vectors:
+        for key in ("total_duration", "load_duration", "prompt_eval_count"):
+            if value := getattr(e, key):  # Go omitempty
+                out[key] = value
+    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def embeddings_reply(e: Embeddings) -> bytes:
+    """The legacy /api/embeddings body: one vector as float64, as Ollama sends it."""
+    return orjson.dumps({"embedding": e.vectors[0] if e.vectors else []})
 
 
 def tool_call(c: ToolCall) -> dict[str, Any]:

@@ -139,6 +139,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def embeddings(request: web.Request) -> web.Response:
+    req, encoding = wire.decode_embeddings(
+        decode_object(await request.read(), "openai.EmbedRequest")
+    )
+    _require_model(req.model)
+    result = await request.app[SERVICE].embed(req)
+    return web.Response(
+        body=wire.embeddings(req.model, result, encoding), content_type="application/json"
+    )
+
+
 async def models(request: web.Request) -> web.Response:
     specs = await request.app[SERVICE].list_models()
     data = [wire.model_entry(s) for s in specs] or None
@@ -176,5 +187,6 @@ async def _closing(
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{model}", model)

@@ -14,11 +14,14 @@ import re
 import time
 from typing import Any
 
+import numpy as np
 import orjson
 
 from bridge.domain import (
     ChatRequest,
     Chunk,
+    Embeddings,
+    EmbedRequest,
     GenerateRequest,
     Message,
     Metrics,
@@ -255,6 +258,38 @@ def decode_completion(data: dict[str, Any]) -> tuple[GenerateRequest, bool, bool
     return req, f.boolean("stream", False), bool(so.get("include_usage"))
 
 
+def decode_embeddings(data: dict[str, Any]) -> tuple[EmbedRequest, str]:
+    """/v1/embeddings: the request and its `encoding_format` ("float" or "base64")."""
+    f = Fields(data, "EmbedRequest")
+    raw = f.raw("input")
+    if raw == "":
+        raw = [""]
+    if isinstance(raw, str):
+        inputs: tuple[str, ...] = (raw,)
+    elif isinstance(raw, list) and raw:
+        if not all(isinstance(x, str) for x in raw):
+            raise InvalidRequest("invalid input type", param="input")  # token arrays too
+        inputs = tuple(raw)
+    elif raw is None or raw == []:
+        raise InvalidRequest("invalid input", param="input")
+    else:
+        raise InvalidRequest("invalid input type", param="input")
+    encoding = f.string("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise InvalidRequest(
+            f"Invalid value for 'encoding_format' = {encoding}. "
+            "Supported values: ['float', 'base64'].",
+            param="encoding_format",
+        )
+    req = EmbedRequest(
+        model=f.string("model"),
+        inputs=inputs,
+        dimensions=f.integer("dimensions"),
+        keep_alive=_keep_alive(f),
+    )
+    return req, encoding
+
+
 # --- responses -----------------------------------------------------------------------------
 
 
@@ -367,6 +402,22 @@ def completion_chunk(
     if with_usage:
         out["usage"] = usage(None)
     return out
+
+
+def embeddings(model: str, e: Embeddings, encoding: str) -> bytes:
+    """The /v1/embeddings body: float32 vectors, as numbers or base64 of little-endian bytes."""
+    data: list[dict[str, Any]] = []
+    for i, v in enumerate(e.vectors):
+        vec = np.asarray(v, dtype="<f4")
+        item: Any = base64.b64encode(vec.tobytes()).decode() if encoding == "base64" else vec
+        data.append({"object": "embedding", "embedding": item, "index": i})
+    out = {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": e.prompt_eval_count, "total_tokens": e.prompt_eval_count},
+    }
+    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
 
 
 def model_entry(spec: ModelSpec, model_id: str | None = None) -> dict[str, Any]:

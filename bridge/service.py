@@ -44,6 +44,7 @@ from bridge.models.resolver import Resolver
 from bridge.models.show import capabilities, render_modelfile, render_parameters
 from bridge.options import load_options, model_defaults, num_predict, parse_options, sampling
 from bridge.scheduler import Lease, LoadRequest, Runner, Scheduler
+from bridge.templates.detect import NamedTemplate, detect
 from bridge.templates.output import OutputShape, shape_output
 from bridge.templates.prompt import PromptTemplate, fit_chat, render_chat, render_fim
 from bridge.upstream import Route, Upstreams
@@ -163,6 +164,7 @@ class Service:
                     info = await asyncio.to_thread(_full_header, spec.model_path)
             except (GGUFError, OSError) as exc:
                 log.warning("show %s: %s", spec.name, exc)
+        spec = await _with_detected_stop(spec, info)
         params = dict(spec.params)
         if options:
             params.update(parse_options(options).as_dict())
@@ -195,6 +197,7 @@ class Service:
         if not req.messages:
             return self._load_or_unload(spec, req.options, req.keep_alive, received)
         info = await self.header(spec)
+        spec = await _with_detected_stop(spec, info)
         template = _template(spec, info)
         caps = capabilities(spec, info, template)
         self._check_completion(caps, req.model, "chat")
@@ -247,6 +250,7 @@ class Service:
         if not req.prompt and not req.suffix:
             return self._load_or_unload(spec, req.options, req.keep_alive, received)
         info = await self.header(spec)
+        spec = await _with_detected_stop(spec, info)
         template = _template(spec, info, req.template)
         caps = capabilities(spec, info, template)
         self._check_completion(caps, req.model, "generate")
@@ -423,6 +427,23 @@ class Service:
                     yield chunk
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def _with_detected_stop(spec: ModelSpec, info: GGUFInfo | None) -> ModelSpec:
+    """A GGUF file outside a store gets the stop list `ollama create` would give it: that of
+    the bundled template its chat template matches."""
+    if spec.source == "ollama" or "stop" in spec.params or info is None or not info.chat_template:
+        return spec
+    template = info.chat_template
+    named = _detected.get(template)
+    if named is None and template not in _detected:
+        named = _detected[template] = await asyncio.to_thread(detect, template)
+    if named is None or not named.stop:
+        return spec
+    return replace(spec, params={**spec.params, "stop": list(named.stop)})
+
+
+_detected: dict[str, NamedTemplate | None] = {}  # chat template -> match (there are few)
 
 
 def _shape_vector(vector: list[float], dimensions: int | None, normalize: bool) -> list[float]:

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import PARAMS, SMOL, Start, settings_for
-from tests.ggufgen import write_corrupt_gguf
+from tests.ggufgen import write_corrupt_gguf, write_tiny_gguf
 from tests.store import Store
 
 GREEDY = {"temperature": 0, "num_predict": 8}
@@ -104,6 +104,26 @@ async def test_show_parameters_and_errors(http: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json() == {"error": "model is required"}
     r = await http.post("/api/show", json={"model": "bad name!"})
     assert r.status_code == 400 and r.json() == {"error": "invalid model name"}
+
+
+async def test_gguf_folder_model_gets_the_stop_list_of_its_bundled_template(
+    http: httpx.AsyncClient, start: Start, tmp_path: Path
+) -> None:
+    # SmolLM2's chat template is ChatML: `ollama create` would give it chatml's stop list.
+    body = (await http.post("/api/show", json={"model": GGUF_NAME})).json()
+    assert body["parameters"].splitlines() == [
+        f'{"stop":<30} "<|im_start|>"',
+        f'{"stop":<30} "<|im_end|>"',
+    ]
+    assert "PARAMETER stop <|im_end|>" in body["modelfile"]
+    # A chat template like none of Ollama's gets no stop list.
+    d = tmp_path / "odd"
+    d.mkdir()
+    write_tiny_gguf(d / "odd.gguf", chat_template="{{ messages[0].content }} ~~ unlike any")
+    server = await start(settings_for(None, d))
+    async with httpx.AsyncClient(base_url=str(server.make_url(""))) as other:
+        shown = (await other.post("/api/show", json={"model": "odd"})).json()
+    assert "parameters" not in shown and "PARAMETER" not in shown["modelfile"]
 
 
 async def test_generate_stream_framing(http: httpx.AsyncClient) -> None:

@@ -47,6 +47,7 @@ from bridge.scheduler import Lease, LoadRequest, Runner, Scheduler
 from bridge.templates.detect import NamedTemplate, detect
 from bridge.templates.output import OutputShape, shape_output
 from bridge.templates.prompt import PromptTemplate, fit_chat, render_chat, render_fim
+from bridge.templates.thinking import ThinkingSplitter
 from bridge.upstream import Route, Upstreams
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,8 @@ class Service:
         messages = list(spec.messages) + list(req.messages)
         if spec.system and req.messages[0].role != "system":
             messages.insert(0, Message(role="system", content=spec.system))
+        if _drops_old_thinking(spec):
+            messages = _without_old_thinking(messages)
 
         def render(msgs: Sequence[Message]) -> str:
             return render_chat(template, msgs, tools=req.tools, think=think)
@@ -427,6 +430,30 @@ class Service:
                     yield chunk
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _drops_old_thinking(spec: ModelSpec) -> bool:
+    """Ollama drops earlier turns' thinking for the qwen3 family and deepseek-r1 only."""
+    if spec.details.family == "qwen3":
+        return True
+    try:
+        return ModelName.parse(spec.full_name).model.lower() == "deepseek-r1"
+    except InvalidName:
+        return False
+
+
+def _without_old_thinking(messages: list[Message]) -> list[Message]:
+    """Assistant turns before the last user message lose a leading `<think>...</think>`."""
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    out = []
+    for i, m in enumerate(messages):
+        if m.role == "assistant" and i < last_user:
+            splitter = ThinkingSplitter()
+            _, content = splitter.feed(m.content)
+            content += splitter.flush()[1]
+            m = replace(m, content=content)
+        out.append(m)
+    return out
 
 
 async def _with_detected_stop(spec: ModelSpec, info: GGUFInfo | None) -> ModelSpec:

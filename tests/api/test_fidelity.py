@@ -247,3 +247,45 @@ async def test_a_template_that_does_not_parse_is_a_400(base: str) -> None:
             },
         )
         assert r.status_code == 400
+
+
+async def test_earlier_thinking_is_dropped_for_qwen3_and_deepseek_r1(
+    start: Start, tmp_path: Path, smollm2: Path
+) -> None:
+    store = Store(tmp_path / "models")
+    qwen3 = {"model_format": "gguf", "model_family": "qwen3", "model_families": ["qwen3"]}
+    store.add("qwen3-like:latest", model=smollm2, params=PARAMS, config=qwen3)
+    store.add("deepseek-r1:tiny", model=smollm2, params=PARAMS)
+    store.add("plain:latest", model=smollm2, params=PARAMS)
+    server = await start(settings_for(store))
+    thought = "<think>" + "Let me think about this very carefully. " * 10 + "</think>"
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": thought + "\n\nHello!"},
+        {"role": "user", "content": "How are you?"},
+    ]
+    counts = {}
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=120) as http:
+        for model in ("plain", "qwen3-like", "deepseek-r1:tiny"):
+            r = await http.post(
+                "/api/chat",
+                json={
+                    "model": model,
+                    "messages": messages,
+                    "stream": False,
+                    "options": {"num_predict": 1},
+                },
+            )
+            counts[model] = r.json()["prompt_eval_count"]
+        without = [messages[0], {"role": "assistant", "content": "Hello!"}, messages[2]]
+        r = await http.post(
+            "/api/chat",
+            json={
+                "model": "plain",
+                "messages": without,
+                "stream": False,
+                "options": {"num_predict": 1},
+            },
+        )
+    assert counts["qwen3-like"] == counts["deepseek-r1:tiny"] == r.json()["prompt_eval_count"]
+    assert counts["plain"] > counts["qwen3-like"] + 50

@@ -89,6 +89,8 @@ class ChatRequest:
     think: bool | str | None = None
     truncate: bool = True  # drop old messages to fit the context
     shift: bool = True  # shorten a prompt that still does not fit
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,8 @@ class GenerateRequest:
     keep_alive: float | None = None
     think: bool | str | None = None
     shift: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +152,17 @@ class Metrics:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (before sampling settings), and,
+    for the generated tokens, the most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] = ()
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """One piece of a response stream; the last one has `done` set and carries the metrics."""
 
@@ -158,6 +173,7 @@ class Chunk:
     done_reason: str | None = None  # "stop", "length", "load", "unload"
     metrics: Metrics | None = None
     context: tuple[int, ...] | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens that made this chunk's text
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +203,8 @@ class Completion:
     return_context: bool = False
     shift: bool = True  # a prompt that does not fit is shortened (else ContextLengthExceeded)
     num_keep: int = 4  # tokens kept at the start when shortening
+    logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per token, with `logprobs`
 
 
 @dataclass(frozen=True, slots=True)

@@ -239,6 +239,7 @@ class Service:
             received,
             shift=req.truncate and req.shift,
             shape=shaping,
+            logprobs=(req.logprobs, req.top_logprobs),
         )
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -286,6 +287,7 @@ class Service:
             return_context=not req.raw,
             shift=req.shift,
             shape=shaping,
+            logprobs=(req.logprobs, req.top_logprobs),
         )
 
     async def embed(self, req: EmbedRequest) -> Embeddings:
@@ -394,6 +396,7 @@ class Service:
         return_context: bool = False,
         shift: bool = True,
         shape: OutputShape | None = None,
+        logprobs: tuple[bool, int] = (False, 0),
     ) -> AsyncIterator[Chunk]:
         merged = model_defaults(spec.params).overlay(opts)
         lease: Lease
@@ -411,6 +414,8 @@ class Service:
                 format=fmt,
                 context_prefix=context,
                 return_context=return_context,
+                logprobs=logprobs[0],
+                top_logprobs=logprobs[1],
             )
             stream = lease.model.complete(completion)
             if shape is not None and shape.active:

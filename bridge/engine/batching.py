@@ -11,10 +11,10 @@ import asyncio
 import codecs
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bridge.domain import Chunk, Completion, Metrics
+from bridge.domain import Chunk, Completion, Metrics, TokenLogprob
 from bridge.engine.stops import StopMatcher
 
 Emit = Callable[["Job", "Chunk | BaseException"], None]
@@ -44,6 +44,7 @@ class Job:
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
     )
     stops: StopMatcher = field(init=False)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
     started: int = 0
     first_at: int = 0
 
@@ -54,17 +55,22 @@ class Job:
     def prefilling(self) -> bool:
         return self.fed < len(self.tokens)
 
-    def accept(self, token: int, piece: bytes | None, now: int, emit: Emit) -> str | None:
-        """Take a sampled token (`piece` None: an end-of-generation token). Returns why the
-        generation ends ("stop", "length"), or None to go on with `next_token`."""
+    def accept(
+        self, token: int, piece: bytes | None, now: int, emit: Emit, lp: TokenLogprob | None = None
+    ) -> str | None:
+        """Take a sampled token (`piece` None: an end-of-generation token) and its logprob
+        when asked for. Returns why the generation ends ("stop", "length"), or None to go on
+        with `next_token`."""
         if not self.first_at:
             self.first_at = now
         if piece is None:
             return "stop"
         self.generated.append(token)
+        if lp is not None:
+            self.logprobs.append(lp)
         text, hit = self.stops.feed(self.decoder.decode(piece))
         if text:
-            emit(self, Chunk(text=text))
+            emit(self, Chunk(text=text, logprobs=self._take_logprobs()))
         if hit:
             return "stop"
         if len(self.generated) >= self.budget:
@@ -77,8 +83,15 @@ class Job:
         if not self.stops.stopped:
             tail = self.stops.flush(self.decoder.decode(b"", final=True))
             if tail:
-                emit(self, Chunk(text=tail))
-        emit(self, self.done_chunk(reason, now))
+                emit(self, Chunk(text=tail, logprobs=self._take_logprobs()))
+        emit(self, replace(self.done_chunk(reason, now), logprobs=self._take_logprobs()))
+
+    def _take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        if not self.logprobs:
+            return ()
+        out = tuple(self.logprobs)
+        self.logprobs.clear()
+        return out
 
     def done_chunk(self, reason: str, now: int) -> Chunk:
         first_at = self.first_at or now

@@ -28,18 +28,30 @@ import collections
 import ctypes
 import functools
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 import llama_cpp
+import numpy as np
 import orjson
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from bridge.domain import Chunk, Completion, Embeddings, Format, LoadOptions, ModelSpec, Sampling
+from bridge.domain import (
+    Chunk,
+    Completion,
+    Embeddings,
+    Format,
+    LoadOptions,
+    ModelSpec,
+    Sampling,
+    TokenLogprob,
+)
 from bridge.engine.batching import (
     Job,
     Outbox,
@@ -684,10 +696,32 @@ class _Batcher:
         row, job.row = job.row, -1
         token = int(llama_cpp.llama_sampler_sample(job.chain, self._ctx, row))
         piece = None if self._is_eog(token) else self._piece(token)
-        reason = job.accept(token, piece, now, self._outbox.emit)
+        lp = None
+        if job.completion.logprobs and piece is not None:
+            lp = self._logprob(row, token, job.completion.top_logprobs)
+        reason = job.accept(token, piece, now, self._outbox.emit, lp)
         if reason is not None:
             job.finish(reason, now, self._outbox.emit)
             self._release(job, keep_cells=True)
+
+    def _logprob(self, row: int, token: int, top: int) -> TokenLogprob:
+        """`token`'s log-probability under the model's raw distribution at `row` (the
+        sampler's own settings aside, as Ollama reports it), with the `top` likeliest tokens.
+        Only requests that ask pay for this: one pass over the vocabulary in numpy."""
+        ptr = llama_cpp.llama_get_logits_ith(self._ctx, row)
+        logits = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+        peak = float(logits.max())
+        norm = peak + math.log(float(np.exp(logits - peak).sum()))
+        alternatives: tuple[TokenLogprob, ...] = ()
+        if top > 0:
+            best = np.argpartition(logits, -top)[-top:]
+            best = best[np.argsort(-logits[best], kind="stable")]
+            alternatives = tuple(self._token_logprob(int(t), float(logits[t]) - norm) for t in best)
+        return replace(self._token_logprob(token, float(logits[token]) - norm), top=alternatives)
+
+    def _token_logprob(self, token: int, logprob: float) -> TokenLogprob:
+        piece = self._piece(token)
+        return TokenLogprob(piece.decode("utf-8", "replace"), logprob, tuple(piece))
 
     def _release(self, job: Job, *, keep_cells: bool) -> None:
         self._free_chain(job)

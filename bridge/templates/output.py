@@ -52,7 +52,7 @@ async def shape_output(
                 ToolCall(name=p.name, arguments=p.arguments, index=p.index, id=new_call_id())
                 for p in parsed
             )
-            if chunk.done or text or thinking or calls:
+            if chunk.done or text or thinking or calls or chunk.logprobs:
                 yield dataclasses.replace(chunk, text=text, thinking=thinking, tool_calls=calls)
     finally:
         close = getattr(stream, "aclose", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -152,7 +153,10 @@ async def _reply(
 
 
 def _final(items: list[Chunk]) -> Chunk:
-    return items[-1] if items and items[-1].done else Chunk(done=True, metrics=Metrics())
+    """The last chunk, carrying the logprobs of the whole reply (concatenated as Ollama does)."""
+    final = items[-1] if items and items[-1].done else Chunk(done=True, metrics=Metrics())
+    logprobs = tuple(lp for c in items for lp in c.logprobs)
+    return replace(final, logprobs=logprobs) if logprobs else final
 
 
 def _merge_generate(items: list[Chunk], encode: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from bridge.domain import (
     Message,
     ModelDetails,
     ModelSpec,
+    TokenLogprob,
     ToolCall,
 )
 from bridge.durations import InvalidDuration, parse_keep_alive
@@ -50,6 +51,13 @@ def think(f: Fields) -> bool | str | None:
     raise InvalidRequest(
         f'invalid think value: {raw} (must be "high", "medium", "low", "max", true, or false)'
     )
+
+
+def top_logprobs(f: Fields) -> int:
+    n = f.integer("top_logprobs") or 0
+    if not 0 <= n <= 20:
+        raise InvalidRequest("top_logprobs must be between 0 and 20", param="top_logprobs")
+    return n
 
 
 def fmt(f: Fields) -> str | dict[str, Any] | None:
@@ -110,6 +118,8 @@ def decode_generate(data: dict[str, Any]) -> tuple[GenerateRequest, bool]:
         keep_alive=keep_alive(f),
         think=think(f),
         shift=f.boolean("shift", True),
+        logprobs=f.boolean("logprobs", False),
+        top_logprobs=top_logprobs(f),
     )
     return req, f.boolean("stream", True)
 
@@ -135,6 +145,8 @@ def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool]:
         think=think(f),
         truncate=f.boolean("truncate", True),
         shift=f.boolean("shift", True),
+        logprobs=f.boolean("logprobs", False),
+        top_logprobs=top_logprobs(f),
     )
     return req, f.boolean("stream", True)
 
@@ -247,6 +259,8 @@ def generate_chunk(
     if chunk.context:
         out["context"] = list(chunk.context)
     _metrics(out, chunk)
+    if chunk.logprobs:
+        out["logprobs"] = logprobs(chunk.logprobs)
     return out
 
 
@@ -274,7 +288,28 @@ def chat_chunk(
     if chunk.done_reason:
         out["done_reason"] = chunk.done_reason
     _metrics(out, chunk)
+    if chunk.logprobs:
+        out["logprobs"] = logprobs(chunk.logprobs)
     return out
+
+
+def logprobs(items: tuple[TokenLogprob, ...], *, full: bool = False) -> list[dict[str, Any]]:
+    """Ollama's `[{token, logprob, bytes?, top_logprobs?}]`. `full` always writes `bytes` and
+    `top_logprobs`, as OpenAI's schema has them (for /v1)."""
+    out = []
+    for lp in items:
+        d = _token_logprob(lp, full=full)
+        if lp.top or full:
+            d["top_logprobs"] = [_token_logprob(t, full=full) for t in lp.top]
+        out.append(d)
+    return out
+
+
+def _token_logprob(lp: TokenLogprob, *, full: bool) -> dict[str, Any]:
+    d: dict[str, Any] = {"token": lp.token, "logprob": lp.logprob}
+    if lp.bytes or full:
+        d["bytes"] = list(lp.bytes)
+    return d
 
 
 def embed_reply(model: str, e: Embeddings) -> bytes:

@@ -49,6 +49,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "".join(c.thinking for c in items),
                 calls,
                 final,
+                tuple(lp for c in items for lp in c.logprobs),
             )
         )
 
@@ -68,11 +69,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     ]
                     sent_calls += len(c.tool_calls)
                 deltas.append(d)
+            lps = c.logprobs
             for d in deltas:
                 if first:
                     d = {"role": "assistant", **d}
                     first = False
-                yield wire.sse(wire.chat_chunk(cid, req.model, created, d, None))
+                yield wire.sse(wire.chat_chunk(cid, req.model, created, d, None, lps))
+                lps = ()
             if c.done:
                 yield wire.sse(
                     wire.chat_chunk(
@@ -81,6 +84,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                         created,
                         {},
                         wire.finish_reason(c, tool_calls=sent_calls > 0),
+                        lps,
                     )
                 )
                 if include_usage:
@@ -110,14 +114,16 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if not stream:
         items = await collect(chunks)
         final = items[-1] if items else Chunk(done=True)
-        return _json(
-            wire.completion(cid, req.model, int(time.time()), "".join(c.text for c in items), final)
-        )
+        text = "".join(c.text for c in items)
+        lps = tuple(lp for c in items for lp in c.logprobs)
+        return _json(wire.completion(cid, req.model, int(time.time()), text, final, lps))
 
     async def events() -> AsyncIterator[bytes]:
         async for c in chunks:
-            if c.text:
-                yield wire.sse(wire.completion_chunk(cid, req.model, c.text, None, include_usage))
+            if c.text or c.logprobs:
+                yield wire.sse(
+                    wire.completion_chunk(cid, req.model, c.text, None, include_usage, c.logprobs)
+                )
             if c.done:
                 yield wire.sse(
                     wire.completion_chunk(cid, req.model, "", wire.finish_reason(c), include_usage)

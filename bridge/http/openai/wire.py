@@ -27,12 +27,15 @@ from bridge.domain import (
     Metrics,
     ModelSpec,
     Options,
+    TokenLogprob,
     ToolCall,
 )
 from bridge.durations import InvalidDuration, parse_keep_alive
 from bridge.errors import BridgeError, InvalidRequest
 from bridge.http.errors import error_body, status_of
 from bridge.http.jsonbody import Fields
+from bridge.http.ollama.wire import logprobs as native_logprobs
+from bridge.http.ollama.wire import top_logprobs
 
 _DATA_URL = re.compile(r"^data:(?:image/(?:jpeg|jpg|png|webp))?;base64,(.*)$", re.DOTALL)
 
@@ -125,6 +128,8 @@ def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool, bool]:
         tools=tuple(t for t in (f.array("tools") or ()) if isinstance(t, dict)),
         keep_alive=_keep_alive(f),
         think=_reasoning(f),
+        logprobs=f.boolean("logprobs", False),
+        top_logprobs=top_logprobs(f),
     )
     so = f.object("stream_options") or {}
     return req, f.boolean("stream", False), bool(so.get("include_usage"))
@@ -247,12 +252,18 @@ def decode_completion(data: dict[str, Any]) -> tuple[GenerateRequest, bool, bool
         frequency_penalty=f.number("frequency_penalty") or 0.0,
         presence_penalty=f.number("presence_penalty") or 0.0,
     )
+    # Legacy completions take `logprobs` as the number of alternatives; > 0 turns them on.
+    n = f.integer("logprobs") or 0
+    if not 0 <= n <= 20:
+        raise InvalidRequest("top_logprobs must be between 0 and 20", param="logprobs")
     req = GenerateRequest(
         model=f.string("model"),
         prompt=prompt or "",
         suffix=f.string("suffix"),
         options=opts,
         keep_alive=_keep_alive(f),
+        logprobs=n > 0,
+        top_logprobs=n,
     )
     so = f.object("stream_options") or {}
     return req, f.boolean("stream", False), bool(so.get("include_usage"))
@@ -320,6 +331,12 @@ def tool_call(c: ToolCall, index: int) -> dict[str, Any]:
     }
 
 
+def logprobs(items: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """A choice's `logprobs`: Ollama's entries, with `bytes` and `top_logprobs` always
+    present as OpenAI's schema requires."""
+    return {"content": native_logprobs(items, full=True)}
+
+
 def chat_completion(
     cid: str,
     model: str,
@@ -328,39 +345,49 @@ def chat_completion(
     thinking: str,
     calls: list[ToolCall],
     final: Chunk,
+    lps: tuple[TokenLogprob, ...] = (),
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if thinking:
         message["reasoning"] = thinking
     if calls:
         message["tool_calls"] = [tool_call(c, i) for i, c in enumerate(calls)]
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": message,
+        "finish_reason": finish_reason(final, tool_calls=bool(calls)),
+    }
+    if lps:
+        choice["logprobs"] = logprobs(lps)
     return {
         "id": cid,
         "object": "chat.completion",
         "created": created,
         "model": model,
         "system_fingerprint": "fp_ollama",
-        "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "finish_reason": finish_reason(final, tool_calls=bool(calls)),
-            }
-        ],
+        "choices": [choice],
         "usage": usage(final.metrics),
     }
 
 
 def chat_chunk(
-    cid: str, model: str, created: int, delta: dict[str, Any], finish: str | None
+    cid: str,
+    model: str,
+    created: int,
+    delta: dict[str, Any],
+    finish: str | None,
+    lps: tuple[TokenLogprob, ...] = (),
 ) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+    if lps:
+        choice["logprobs"] = logprobs(lps)
     return {
         "id": cid,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
         "system_fingerprint": "fp_ollama",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        "choices": [choice],
     }
 
 
@@ -376,28 +403,46 @@ def usage_chunk(cid: str, model: str, created: int, obj: str, m: Metrics | None)
     }
 
 
-def completion(cid: str, model: str, created: int, text: str, final: Chunk) -> dict[str, Any]:
+def completion(
+    cid: str,
+    model: str,
+    created: int,
+    text: str,
+    final: Chunk,
+    lps: tuple[TokenLogprob, ...] = (),
+) -> dict[str, Any]:
+    choice: dict[str, Any] = {"text": text, "index": 0, "finish_reason": finish_reason(final)}
+    if lps:
+        choice["logprobs"] = logprobs(lps)
     return {
         "id": cid,
         "object": "text_completion",
         "created": created,
         "model": model,
         "system_fingerprint": "fp_ollama",
-        "choices": [{"text": text, "index": 0, "finish_reason": finish_reason(final)}],
+        "choices": [choice],
         "usage": usage(final.metrics),
     }
 
 
 def completion_chunk(
-    cid: str, model: str, text: str, finish: str | None, with_usage: bool
+    cid: str,
+    model: str,
+    text: str,
+    finish: str | None,
+    with_usage: bool,
+    lps: tuple[TokenLogprob, ...] = (),
 ) -> dict[str, Any]:
+    choice: dict[str, Any] = {"text": text, "index": 0, "finish_reason": finish}
+    if lps:
+        choice["logprobs"] = logprobs(lps)
     out: dict[str, Any] = {
         "id": cid,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "fp_ollama",
-        "choices": [{"text": text, "index": 0, "finish_reason": finish}],
+        "choices": [choice],
     }
     if with_usage:
         out["usage"] = usage(None)

@@ -48,7 +48,7 @@ from bridge.templates.detect import NamedTemplate, detect
 from bridge.templates.output import OutputShape, shape_output
 from bridge.templates.prompt import PromptTemplate, fit_chat, render_chat, render_fim
 from bridge.templates.thinking import ThinkingSplitter
-from bridge.upstream import Route, Upstreams
+from bridge.upstream import RemoteRunner, Route, Upstreams
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,14 @@ class Service:
 
     def running(self) -> list[Runner]:
         return self.scheduler.running()
+
+    async def remote_running(self) -> list[RemoteRunner]:
+        """Models loaded on upstreams that say so (Ollama-kind), under the names bridge lists
+        them by; an upstream that does not answer in time is left out."""
+        if self.upstreams is None:
+            return []
+        local = [s.name for s in await self.resolver.list()]
+        return await self.upstreams.running(local)
 
     # --- show ----------------------------------------------------------------------------
 
@@ -300,7 +308,7 @@ class Service:
         )
         if isinstance(target, Route):
             assert self.upstreams is not None
-            return await self.upstreams.embed(
+            remote = await self.upstreams.embed(
                 target,
                 req.inputs,
                 truncate=req.truncate,
@@ -308,6 +316,9 @@ class Service:
                 options=req.options,
                 keep_alive=req.keep_alive,
             )
+            # Not every OpenAI-compatible server normalises; unit vectors whatever served them.
+            vectors = [_shape_vector(v, req.dimensions, req.normalize) for v in remote.vectors]
+            return replace(remote, vectors=vectors)
         spec = target
         if not req.inputs:
             async for _ in self._load_or_unload(spec, req.options, req.keep_alive, received):

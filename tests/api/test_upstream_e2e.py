@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import ollama
 import openai
 import pytest
@@ -62,3 +63,66 @@ async def test_same_client_code_everywhere(base: str, model: str) -> None:
         ]  # type: ignore[arg-type]
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
         assert (await oai.models.retrieve(model)).id == model
+
+
+@pytest.fixture
+async def ps_base(start: Start, store: Store, tmp_path: Path) -> AsyncIterator[str]:
+    async with fakes(
+        Fake("ollama", models=("big:70b", "idle:latest"), loaded=("big:70b",)),
+        Fake("openai", models=("remote-openai",)),
+    ) as (ol, oa):
+        cfg = tmp_path / "bridge.toml"
+        cfg.write_text(
+            f'[[upstream]]\nname = "box"\nurl = "{ol.base}"\nkind = "ollama"\n\n'
+            f'[[upstream]]\nname = "vllm"\nurl = "{oa.base}"\nkind = "openai"\n'
+        )
+        settings = load_settings(
+            {"host": "127.0.0.1:0", "models": str(store.root), "demo_model": "off"},
+            environ={},
+            config_path=str(cfg),
+        )
+        server = await start(settings)
+        yield str(server.make_url(""))
+
+
+async def test_ps_lists_local_and_upstream_runners(ps_base: str) -> None:
+    async with ollama.AsyncClient(host=ps_base) as client:
+        await client.generate(SMOL, prompt="", keep_alive="10m")  # load the local model
+        async with httpx.AsyncClient(base_url=ps_base) as http:
+            models = (await http.get("/api/ps")).json()["models"]
+        listed = await client.ps()
+    # The upstream's runner expires in 2030: latest expiry first, as Ollama sorts.
+    assert [m["name"] for m in models] == ["big:70b", SMOL]
+    remote, local = models
+    assert (
+        list(remote)[:8]
+        == list(local)
+        == [
+            "name",
+            "model",
+            "size",
+            "digest",
+            "details",
+            "expires_at",
+            "size_vram",
+            "context_length",
+        ]
+    )
+    assert remote["remote_model"] == "big:70b" and remote["remote_host"].startswith("http://")
+    assert (remote["size"], remote["size_vram"], remote["context_length"]) == (5000, 4000, 8192)
+    assert remote["expires_at"].startswith("2030-01-01")
+    assert [m.model for m in listed.models] == ["big:70b", SMOL]
+
+
+@pytest.mark.parametrize("model", ["remote-ollama", "remote-openai"])
+async def test_embeddings_through_upstreams(base: str, model: str) -> None:
+    async with ollama.AsyncClient(host=base) as client:
+        reply = await client.embed(model, input=["one two", "three"])
+    assert len(reply.embeddings) == 2
+    for v in reply.embeddings:
+        assert abs(sum(x * x for x in v) - 1.0) < 1e-6  # normalised, whoever served it
+    async with openai.AsyncOpenAI(base_url=base + "/v1", api_key="x", max_retries=0) as oai:
+        r = await oai.embeddings.create(model=model, input=["one two", "three"])
+    assert [d.index for d in r.data] == [0, 1] and r.usage.prompt_tokens == 3
+    # The first input is longer: the fakes put its length first.
+    assert r.data[0].embedding[0] > r.data[1].embedding[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -43,18 +44,24 @@ async def tags(request: web.Request) -> web.Response:
 
 
 async def ps(request: web.Request) -> web.Response:
+    """Local runners, then those upstreams report, latest expiry first as Ollama sorts."""
+    service = request.app[SERVICE]
     now = time.time()
-    models = [
-        wire.ps_entry(
+    entries: list[tuple[float, dict[str, Any]]] = []
+    for r in service.running():
+        expires = r.expires_at if r.expires_at is not None else now + r.keep_alive
+        entry = wire.ps_entry(
             r.spec,
             size=max(r.need, r.model.size),
             size_vram=r.model.size_vram,
             context_length=r.model.n_ctx,
-            expires_at=r.expires_at if r.expires_at is not None else now + r.keep_alive,
+            expires_at=expires,
         )
-        for r in request.app[SERVICE].running()
-    ]
-    return json_response({"models": models})
+        entries.append((expires, entry))
+    for remote in await service.remote_running():
+        entries.append((remote.expires_at or math.inf, wire.remote_ps_entry(remote)))
+    entries.sort(key=lambda e: e[0], reverse=True)
+    return json_response({"models": [e for _, e in entries]})
 
 
 async def show(request: web.Request) -> web.Response:

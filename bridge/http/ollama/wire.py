@@ -27,6 +27,7 @@ from bridge.errors import BridgeError, InvalidRequest
 from bridge.http.jsonbody import Fields
 from bridge.options import parse_options
 from bridge.timefmt import local, utc_now
+from bridge.upstream import RemoteRunner
 
 _THINK_LEVELS = ("high", "medium", "low", "max")
 
@@ -387,4 +388,23 @@ def ps_entry(
         "expires_at": local(math.inf if expires_at is None else expires_at),
         "size_vram": size_vram,
         "context_length": context_length,
+    }
+
+
+def remote_ps_entry(r: RemoteRunner) -> dict[str, Any]:
+    """A model an upstream has loaded: /api/ps's keys, then where it runs (`remote_model`,
+    `remote_host`, as Ollama marks remote models in its listings)."""
+    d = details(r.details)
+    d["parent_model"] = ""
+    return {
+        "name": r.name,
+        "model": r.name,
+        "size": r.size,
+        "digest": r.digest,
+        "details": d,
+        "expires_at": local(math.inf if r.expires_at is None else r.expires_at),
+        "size_vram": r.size_vram,
+        "context_length": r.context_length,
+        "remote_model": r.model,
+        "remote_host": r.url,
     }

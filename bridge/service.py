@@ -63,6 +63,8 @@ class ShowInfo:
     tensors: list[dict[str, Any]]
     chat_template: str | None
     system: str | None
+    # Where an upstream serves it: (the upstream's name for it, the upstream's URL).
+    remote: tuple[str, str] | None = None
 
 
 class Service:
@@ -77,6 +79,8 @@ class Service:
         self.resolver = resolver
         self.scheduler = scheduler
         self.upstreams = upstreams
+        # Local models that failed to load and went to a fallback upstream: name -> when.
+        self._failed: dict[str, float] = {}
 
     # --- lookup --------------------------------------------------------------------------
 
@@ -106,11 +110,49 @@ class Service:
                 raise
             return route
         if spec is not None:
+            fallback = self._fallback(spec)
+            if fallback is not None and (spec.problem or self._recently_failed(spec)):
+                return fallback  # a broken blob, or a load that failed moments ago
             return spec
         route = self.upstreams.find(raw) if self.upstreams else None
         if route is not None:
             return route
         raise ModelNotFound(missing.format(name=raw, short=ModelName.parse(raw).display))
+
+    def _fallback(self, spec: ModelSpec) -> Route | None:
+        return self.upstreams.fallback(spec) if self.upstreams is not None else None
+
+    def _recently_failed(self, spec: ModelSpec) -> bool:
+        at = self._failed.get(spec.name)
+        if at is None:
+            return False
+        if time.monotonic() - at < max(self.settings.load_cooldown, 1.0):
+            return True
+        del self._failed[spec.name]  # cooled down: try loading it here again
+        return False
+
+    def _fell_back(self, spec: ModelSpec, route: Route, exc: ModelLoadFailed) -> None:
+        self._failed[spec.name] = time.monotonic()
+        log.warning("%s: %s; serving it from %s", spec.name, exc.message, route.where)
+
+    async def _local_or_fallback(
+        self,
+        spec: ModelSpec,
+        local: Callable[[], Awaitable[AsyncIterator[Chunk]]],
+        remote: Callable[[Route], AsyncIterator[Chunk]],
+    ) -> AsyncIterator[Chunk]:
+        """`local()`'s stream, unless the model fails to load (its header, or the load before
+        the first chunk) and an upstream is its fallback: then that upstream's stream."""
+        route = self._fallback(spec)
+        if route is None:
+            return await local()
+        try:
+            stream = await local()
+            first = await anext(stream, None)
+        except ModelLoadFailed as exc:
+            self._fell_back(spec, route, exc)
+            return remote(route)
+        return _prepend(first, stream)
 
     async def find(self, raw: str, *, missing: str) -> ModelSpec:
         """The model named `raw`; `missing` is the not-found text, `{name}` = the name as sent,
@@ -154,8 +196,10 @@ class Service:
         if isinstance(target, Route):
             # Served by an upstream: what bridge knows of it (`ollama run` shows before it runs).
             remote = target.spec
+            first = target.replicas[0]
             return ShowInfo(
                 spec=remote,
+                remote=(first.model, first.url),
                 modelfile=render_modelfile(remote, {}),
                 parameters="",
                 capabilities=("completion",),
@@ -202,7 +246,14 @@ class Service:
         if isinstance(target, Route):
             assert self.upstreams is not None
             return self.upstreams.chat(target, req)
-        spec = target
+        upstreams = self.upstreams
+        return await self._local_or_fallback(
+            target,
+            lambda: self._chat(target, req, received),
+            lambda route: upstreams.chat(route, req) if upstreams else _nothing(),
+        )
+
+    async def _chat(self, spec: ModelSpec, req: ChatRequest, received: int) -> AsyncIterator[Chunk]:
         if not req.messages:
             return self._load_or_unload(spec, req.options, req.keep_alive, received)
         info = await self.header(spec)
@@ -258,7 +309,16 @@ class Service:
         if isinstance(target, Route):
             assert self.upstreams is not None
             return self.upstreams.generate(target, req)
-        spec = target
+        upstreams = self.upstreams
+        return await self._local_or_fallback(
+            target,
+            lambda: self._generate(target, req, received),
+            lambda route: upstreams.generate(route, req) if upstreams else _nothing(),
+        )
+
+    async def _generate(
+        self, spec: ModelSpec, req: GenerateRequest, received: int
+    ) -> AsyncIterator[Chunk]:
         if not req.prompt and not req.suffix:
             return self._load_or_unload(spec, req.options, req.keep_alive, received)
         info = await self.header(spec)
@@ -307,19 +367,31 @@ class Service:
             req.model, missing='model "{name}" not found, try pulling it first'
         )
         if isinstance(target, Route):
-            assert self.upstreams is not None
-            remote = await self.upstreams.embed(
-                target,
-                req.inputs,
-                truncate=req.truncate,
-                dimensions=req.dimensions,
-                options=req.options,
-                keep_alive=req.keep_alive,
-            )
-            # Not every OpenAI-compatible server normalises; unit vectors whatever served them.
-            vectors = [_shape_vector(v, req.dimensions, req.normalize) for v in remote.vectors]
-            return replace(remote, vectors=vectors)
-        spec = target
+            return await self._embed_remote(target, req)
+        try:
+            return await self._embed(target, req, received)
+        except ModelLoadFailed as exc:
+            route = self._fallback(target)
+            if route is None:
+                raise
+            self._fell_back(target, route, exc)
+            return await self._embed_remote(route, req)
+
+    async def _embed_remote(self, route: Route, req: EmbedRequest) -> Embeddings:
+        assert self.upstreams is not None
+        remote = await self.upstreams.embed(
+            route,
+            req.inputs,
+            truncate=req.truncate,
+            dimensions=req.dimensions,
+            options=req.options,
+            keep_alive=req.keep_alive,
+        )
+        # Not every OpenAI-compatible server normalises; unit vectors whatever served them.
+        vectors = [_shape_vector(v, req.dimensions, req.normalize) for v in remote.vectors]
+        return replace(remote, vectors=vectors)
+
+    async def _embed(self, spec: ModelSpec, req: EmbedRequest, received: int) -> Embeddings:
         if not req.inputs:
             async for _ in self._load_or_unload(spec, req.options, req.keep_alive, received):
                 pass
@@ -446,6 +518,22 @@ class Service:
                     yield chunk
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def _prepend(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    try:
+        if first is None:
+            return
+        yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
+
+
+async def _nothing() -> AsyncIterator[Chunk]:
+    return
+    yield  # an empty async generator
 
 
 def _drops_old_thinking(spec: ModelSpec) -> bool:

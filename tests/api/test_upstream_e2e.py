@@ -8,11 +8,13 @@ from pathlib import Path
 import httpx
 import ollama
 import openai
+import orjson
 import pytest
 
 from bridge.config import load_settings
 from tests.conftest import SMOL, Start
 from tests.fake_upstreams import Fake, fakes
+from tests.ggufgen import write_tiny_gguf
 from tests.store import Store
 
 
@@ -126,3 +128,49 @@ async def test_embeddings_through_upstreams(base: str, model: str) -> None:
     assert [d.index for d in r.data] == [0, 1] and r.usage.prompt_tokens == 3
     # The first input is longer: the fakes put its length first.
     assert r.data[0].embedding[0] > r.data[1].embedding[0]
+
+
+async def test_fallback_serves_local_models_that_cannot_load(
+    start: Start, store: Store, tmp_path: Path
+) -> None:
+    odd = write_tiny_gguf(tmp_path / "odd.gguf", arch="no-such-architecture")
+    store.add("odd:latest", model=odd)  # readable header, but llama.cpp cannot load it
+    store.add("gone:latest", model=write_tiny_gguf(tmp_path / "gone.gguf", context_length=99))
+    blob = store.root / "blobs" / f"sha256-{_weights_digest(store, 'gone')}"
+    blob.unlink()  # the weights are missing: the model has a problem before any load
+    async with fakes(Fake("ollama", models=("elsewhere:latest",))) as (ol,):
+        cfg = tmp_path / "bridge.toml"
+        cfg.write_text(
+            f'[[upstream]]\nname = "box"\nurl = "{ol.base}"\nkind = "ollama"\nfallback = true\n'
+        )
+        settings = load_settings(
+            {"host": "127.0.0.1:0", "models": str(store.root), "demo_model": "off"},
+            environ={},
+            config_path=str(cfg),
+        )
+        base = str((await start(settings)).make_url(""))
+        msgs = [{"role": "user", "content": "Hello"}]
+        async with ollama.AsyncClient(host=base) as client:
+            for name in ("odd", "gone"):
+                resp = await client.chat(name, messages=msgs)
+                assert resp.done and resp.message.content  # the fake upstream answered
+                assert ol.generations()[-1].body["model"] == f"{name}:latest"
+                async with httpx.AsyncClient(base_url=base) as http:
+                    shown = (await http.post("/api/show", json={"model": name})).json()
+                assert (shown["remote_model"], shown["remote_host"]) == (f"{name}:latest", ol.base)
+            # A model that loads is still served here.
+            local = await client.chat(SMOL, messages=msgs, options={"num_predict": 2})
+            assert local.done
+            assert all(s.body["model"] != SMOL for s in ol.generations())
+            emb = await client.embed("odd", input="hi")
+            assert len(emb.embeddings) == 1
+        async with httpx.AsyncClient(base_url=base) as http:
+            no_fallback = await http.post("/api/show", json={"model": SMOL})
+        assert "remote_host" not in no_fallback.json()
+
+
+def _weights_digest(store: Store, model: str) -> str:
+    manifest = store.root / "manifests/registry.ollama.ai/library" / model / "latest"
+    layers = orjson.loads(manifest.read_bytes())["layers"]
+    digest: str = layers[0]["digest"]
+    return digest.removeprefix("sha256:")

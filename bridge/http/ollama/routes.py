@@ -93,6 +93,8 @@ async def show(request: web.Request) -> web.Response:
     if info.tensors:
         out["tensors"] = info.tensors
     out["capabilities"] = list(info.capabilities)
+    if info.remote is not None:
+        out["remote_model"], out["remote_host"] = info.remote
     out["modified_at"] = local(spec.modified_at)
     return json_response(out)
 

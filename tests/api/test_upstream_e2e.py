@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from bridge.config import load_settings
-from tests.conftest import SMOL, Start
-from tests.fake_upstreams import Fake, fakes
+from tests.conftest import PARAMS, SMOL, Start
+from tests.fake_upstreams import Fake, Script, fakes
 from tests.ggufgen import write_tiny_gguf
 from tests.store import Store
 
@@ -174,3 +174,89 @@ def _weights_digest(store: Store, model: str) -> str:
     layers = orjson.loads(manifest.read_bytes())["layers"]
     digest: str = layers[0]["digest"]
     return digest.removeprefix("sha256:")
+
+
+TOOLS_TEMPLATE = (
+    "{{- if .Tools }}<|im_start|>system\nTools: {{ json .Tools }}<|im_end|>\n{{ end }}"
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n"
+)
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+# Makes the tiny local model answer with exactly one call, as the scripted upstreams do.
+CALL = {
+    "type": "object",
+    "properties": {
+        "name": {"const": "get_weather"},
+        "arguments": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 8}},
+            "required": ["city"],
+        },
+    },
+    "required": ["name", "arguments"],
+}
+
+
+@pytest.fixture
+async def tools_base(start: Start, tmp_path: Path, smollm2: Path) -> AsyncIterator[str]:
+    store = Store(tmp_path / "models")
+    store.add("tooly:latest", model=smollm2, template=TOOLS_TEMPLATE, params=PARAMS)
+    call = Script(text=(), tool_calls=({"name": "get_weather", "arguments": {"city": "Oslo"}},))
+    async with fakes(
+        Fake("ollama", models=("remote-ollama:latest",), script=call),
+        Fake("openai", models=("remote-openai",), script=call),
+    ) as (ol, oa):
+        cfg = tmp_path / "bridge.toml"
+        cfg.write_text(
+            f'[[upstream]]\nname = "box"\nurl = "{ol.base}"\nkind = "ollama"\n\n'
+            f'[[upstream]]\nname = "vllm"\nurl = "{oa.base}"\nkind = "openai"\n'
+        )
+        settings = load_settings(
+            {"host": "127.0.0.1:0", "models": str(store.root), "demo_model": "off"},
+            environ={},
+            config_path=str(cfg),
+        )
+        yield str((await start(settings)).make_url(""))
+
+
+@pytest.mark.parametrize("model", ["tooly", "remote-ollama", "remote-openai"])
+async def test_same_tool_calling_code_everywhere(tools_base: str, model: str) -> None:
+    msgs = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    opts = {"temperature": 0, "num_predict": 40}
+    async with ollama.AsyncClient(host=tools_base) as client:
+        resp = await client.chat(model, messages=msgs, tools=[WEATHER], format=CALL, options=opts)
+        calls = resp.message.tool_calls
+        assert calls and calls[0].function.name == "get_weather"
+        assert isinstance(calls[0].function.arguments["city"], str)
+        parts = [
+            p
+            async for p in await client.chat(
+                model, messages=msgs, tools=[WEATHER], format=CALL, options=opts, stream=True
+            )
+        ]
+        streamed = [c for p in parts for c in (p.message.tool_calls or [])]
+        assert [c.function.name for c in streamed] == ["get_weather"]
+    async with openai.AsyncOpenAI(base_url=tools_base + "/v1", api_key="x", max_retries=0) as oai:
+        r = await oai.chat.completions.create(
+            model=model,
+            messages=msgs,  # type: ignore[arg-type]
+            tools=[WEATHER],  # type: ignore[list-item]
+            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": CALL}},
+            temperature=0,
+            max_tokens=40,
+        )
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+        fn = choice.message.tool_calls[0].function  # type: ignore[union-attr]
+        assert fn.name == "get_weather" and "city" in orjson.loads(fn.arguments)

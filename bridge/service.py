@@ -101,9 +101,11 @@ class Service:
         return target.spec if isinstance(target, Route) else target
 
     async def _target(self, raw: str, *, missing: str) -> ModelSpec | Route:
-        """A local model, else an upstream route; never another model."""
+        """A local model, else an upstream route; never another model. A name an upstream
+        serves does not rescan the local store on every request (a recent scan is trusted)."""
         try:
-            spec = await self.resolver.find(raw)
+            served = self.upstreams is not None and self.upstreams.find(raw) is not None
+            spec = await self.resolver.find(raw, rescan=not served)
         except InvalidModelName:
             route = self.upstreams.find(raw) if self.upstreams else None
             if route is None:

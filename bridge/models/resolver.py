@@ -112,15 +112,19 @@ class Resolver:
         specs.sort(key=lambda s: s.modified_at, reverse=True)
         return specs
 
-    async def find(self, raw: str) -> ModelSpec | None:
+    async def find(self, raw: str, *, rescan: bool = True) -> ModelSpec | None:
         """The model named `raw` (matched case-insensitively, aliases followed), or None.
 
         The last scan answers when its entry for the name is still current (one stat of the
         model's manifest or file); anything else rescans, so models added on disk are found.
+        `rescan=False` trusts a recent scan (under MAX_SCAN_AGE) that lacks the name: for names
+        that something else (an upstream) serves, asked for on every request.
         """
         name = parse_name(raw)
         spec = self._lookup(self._last, name)
         fresh = time.monotonic() - self._scanned_at < MAX_SCAN_AGE
+        if spec is None and fresh and not rescan:
+            return None
         if spec is not None and fresh and await asyncio.to_thread(_unchanged, spec):
             return spec
         return self._lookup(await self._index(), name)

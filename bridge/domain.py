@@ -205,6 +205,7 @@ class Completion:
     num_keep: int = 4  # tokens kept at the start when shortening
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, with `logprobs`
+    images: tuple[bytes, ...] = ()  # image N goes where the prompt says `[img-N]`
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,8 @@ from bridge.upstream import RemoteRunner, Route, Upstreams
 
 log = logging.getLogger(__name__)
 
+IMAGE_TOKENS = 768  # what Ollama counts per image when fitting a chat into the context
+
 
 @dataclass(frozen=True, slots=True)
 class ShowInfo:
@@ -265,6 +267,8 @@ class Service:
         self._check_completion(caps, req.model, "chat")
         if req.tools and "tools" not in caps:
             raise CapabilityMissing(f"{spec.full_name} does not support tools")
+        if any(m.images for m in req.messages) and "vision" not in caps:
+            raise CapabilityMissing(f"{spec.full_name} does not support vision")
         think = self._think(caps, req.model, req.think)
         # The model's MESSAGES go first; its SYSTEM only if the request does not start with one.
         messages = list(spec.messages) + list(req.messages)
@@ -272,6 +276,7 @@ class Service:
             messages.insert(0, Message(role="system", content=spec.system))
         if _drops_old_thinking(spec):
             messages = _without_old_thinking(messages)
+        messages, images = _tag_images(messages)
 
         def render(msgs: Sequence[Message]) -> str:
             return render_chat(template, msgs, tools=req.tools, think=think)
@@ -283,7 +288,7 @@ class Service:
             async def count(text: str) -> int:
                 return len(await model.tokenize(text))
 
-            return await fit_chat(render, count, messages, model.n_ctx)
+            return await fit_chat(render, count, messages, model.n_ctx, image_tokens=IMAGE_TOKENS)
 
         shaping = OutputShape(
             tool_tag=template.tool_tag() if req.tools else None,
@@ -301,6 +306,7 @@ class Service:
             shift=req.truncate and req.shift,
             shape=shaping,
             logprobs=(req.logprobs, req.top_logprobs),
+            images=images,
         )
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -331,6 +337,9 @@ class Service:
         think = self._think(caps, req.model, req.think)
         if req.suffix and "insert" not in caps:
             raise CapabilityMissing(f"{spec.full_name} does not support insert")
+        if req.images and "vision" not in caps:
+            raise CapabilityMissing(f"{spec.full_name} does not support vision")
+        images = req.images
         if req.raw:
             prompt = req.prompt
         elif req.suffix:
@@ -343,6 +352,7 @@ class Service:
             if req.context is None:
                 messages.extend(spec.messages)
             messages.append(Message(role="user", content=req.prompt, images=req.images))
+            messages, images = _tag_images(messages)
             prompt = render_chat(template, messages, think=think)
         shaping = OutputShape(thinking_tags=template.thinking_tags() if think else None)
         return self._run(
@@ -358,6 +368,7 @@ class Service:
             shift=req.shift,
             shape=shaping,
             logprobs=(req.logprobs, req.top_logprobs),
+            images=images,
         )
 
     async def embed(self, req: EmbedRequest) -> Embeddings:
@@ -482,6 +493,7 @@ class Service:
         shift: bool = True,
         shape: OutputShape | None = None,
         logprobs: tuple[bool, int] = (False, 0),
+        images: tuple[bytes, ...] = (),
     ) -> AsyncIterator[Chunk]:
         merged = model_defaults(spec.params).overlay(opts)
         lease: Lease
@@ -501,6 +513,7 @@ class Service:
                 return_context=return_context,
                 logprobs=logprobs[0],
                 top_logprobs=logprobs[1],
+                images=images,
             )
             stream = lease.model.complete(completion)
             if shape is not None and shape.active:
@@ -536,6 +549,28 @@ async def _prepend(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIter
 async def _nothing() -> AsyncIterator[Chunk]:
     return
     yield  # an empty async generator
+
+
+def _tag_images(messages: Sequence[Message]) -> tuple[list[Message], tuple[bytes, ...]]:
+    """Ollama's image markers: image N of the conversation becomes `[img-N]` at the front of
+    its message (or replaces a literal `[img]` there); the engine puts the image where its tag
+    is. Returns the messages and every image in tag order."""
+    out: list[Message] = []
+    images: list[bytes] = []
+    for m in messages:
+        if not m.images:
+            out.append(m)
+            continue
+        prefix, content = "", m.content
+        for data in m.images:
+            tag = f"[img-{len(images)}]"
+            images.append(data)
+            if "[img]" in content:
+                content = content.replace("[img]", tag, 1)
+            else:
+                prefix += tag
+        out.append(replace(m, content=prefix + content))
+    return out, tuple(images)
 
 
 def _drops_old_thinking(spec: ModelSpec) -> bool:

@@ -68,12 +68,17 @@ class Store:
         host: str = "registry.ollama.ai",
         namespace: str = "library",
         config: dict[str, Any] | None = None,
+        projector: Path | None = None,
     ) -> Path:
         """Write a model the way `ollama pull` leaves it; returns the manifest path."""
         model_name, _, tag = name.partition(":")
         layers = []
         weights = self.file_blob(model or smollm2_path())
         layers.append({"mediaType": "application/vnd.ollama.image.model", **weights})
+        if projector is not None:
+            layers.append(
+                {"mediaType": "application/vnd.ollama.image.projector", **self.file_blob(projector)}
+            )
         for kind, value in (
             ("template", template),
             ("system", system),

@@ -45,6 +45,10 @@ class Job:
     )
     stops: StopMatcher = field(init=False)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
+    # Images in the prompt: spans of `tokens` (negative pseudo-ids) that the projector decodes,
+    # and what keeps their native chunks alive.
+    spans: list[Any] = field(default_factory=list)
+    media: Any = None
     started: int = 0
     first_at: int = 0
 
@@ -54,6 +58,13 @@ class Job:
     @property
     def prefilling(self) -> bool:
         return self.fed < len(self.tokens)
+
+    def next_span(self) -> Any:
+        """The first image span that is not (wholly) in the KV cells yet, or None."""
+        for span in self.spans:
+            if span.start + span.n_pos > self.fed:
+                return span
+        return None
 
     def accept(
         self, token: int, piece: bytes | None, now: int, emit: Emit, lp: TokenLogprob | None = None
@@ -102,7 +113,9 @@ class Job:
             eval_duration=now - first_at,
             prompt_cached=self.cached,
         )
-        context = tuple(self.tokens + self.generated) if self.completion.return_context else None
+        context = None
+        if self.completion.return_context:  # image positions are no tokens to send back
+            context = tuple(t for t in self.tokens + self.generated if t >= 0)
         return Chunk(done=True, done_reason=reason, metrics=metrics, context=context)
 
 

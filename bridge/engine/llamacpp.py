@@ -61,6 +61,7 @@ from bridge.engine.batching import (
     prompt_chunk,
     shorten,
 )
+from bridge.engine.vision import Projector
 from bridge.errors import (
     BridgeError,
     CapabilityMissing,
@@ -262,6 +263,7 @@ class _Batcher:
         self._mem: Any = None
         self._vocab: Any = None
         self._lora: Any = None
+        self._projector: Projector | None = None
         self._n_vocab = 0
         self._n_batch = 0
         self._bos_text = ""
@@ -319,8 +321,7 @@ class _Batcher:
         """Token ids of `text` as a prompt. Reads only the vocabulary: safe off the owner thread."""
         if self._closing:
             raise EngineFailed(UNLOADED)
-        # A template that already wrote the BOS text must not get a second BOS token.
-        add_bos = not (self._bos_text and text.startswith(self._bos_text))
+        add_bos = self._adds_special(text)
         data = text.encode("utf-8")
         buf = (llama_cpp.llama_token * (len(data) + 8))()
         n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, len(buf), add_bos, True)
@@ -337,19 +338,37 @@ class _Batcher:
         if self._stopping.is_set():
             raise EngineFailed(SHUTTING_DOWN)
         n_ctx = self.n_ctx
-        tokens = list(c.context_prefix) + self.tokenize(c.prompt)
+        media = None
+        if c.images:
+            if self._projector is None:
+                raise CapabilityMissing("this model does not support images")
+            media = self._projector.tokenize(
+                c.prompt, c.images, add_special=self._adds_special(c.prompt)
+            )
+            tokens = list(c.context_prefix) + media.tokens
+        else:
+            tokens = list(c.context_prefix) + self.tokenize(c.prompt)
         if not tokens:
             raise InvalidRequest("the prompt is empty")
         if c.context_prefix and not all(0 <= t < self._n_vocab for t in c.context_prefix):
             raise InvalidRequest("context holds a token id that this model does not have")
         if len(tokens) >= n_ctx:
-            if not c.shift:
+            if not c.shift or media is not None:  # a shift would cut through an image
                 raise ContextLengthExceeded(CONTEXT_TOO_LONG)
             tokens = shorten(tokens, n_ctx, c.num_keep + (1 if self._adds_bos else 0))
         room = n_ctx - len(tokens)
         budget = room if c.num_predict < 0 else min(c.num_predict, room)
         grammar = self._grammar(c.format)
-        return Job(c, tokens, budget, grammar, loop)
+        job = Job(c, tokens, budget, grammar, loop)
+        if media is not None:
+            offset = len(c.context_prefix)
+            job.spans = [replace(sp, start=sp.start + offset) for sp in media.spans]
+            job.media = media.chunks
+        return job
+
+    def _adds_special(self, text: str) -> bool:
+        # A template that already wrote the BOS text must not get a second BOS token.
+        return not (self._bos_text and text.startswith(self._bos_text))
 
     def _grammar(self, fmt: Format) -> bytes | None:
         """The GBNF for `format`, checked once by parsing it (the vocabulary is all it reads)."""
@@ -478,6 +497,13 @@ class _Batcher:
                 raise ModelLoadFailed(
                     f"unable to load model {spec.name}: failed to apply adapter {spec.adapters[0]}"
                 )
+        if spec.projectors and not self.embeddings:
+            self._projector = Projector(
+                spec.projectors[0],
+                self._model,
+                threads=threads,
+                gpu=mp.n_gpu_layers != 0 and gpu_offload_supported(),
+            )
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._n_batch = int(llama_cpp.llama_n_batch(self._ctx))
         self.n_ctx = int(
@@ -520,6 +546,9 @@ class _Batcher:
             self._ctx = None
         # Tokenizations read the model: let the last one finish before freeing it.
         self.aux.shutdown(wait=True, cancel_futures=True)
+        if self._projector is not None:  # after the tokenizer thread: it uses the projector
+            self._projector.close()
+            self._projector = None
         if self._lora:
             llama_cpp.llama_adapter_lora_free(self._lora)
             self._lora = None
@@ -583,6 +612,9 @@ class _Batcher:
             # prompt tokens: the last one's logits are what the first sample needs, and a
             # lone row would be computed differently from the same row in a longer chunk.
             keep = max(0, min(common_prefix(slot.cells, job.tokens), len(job.tokens) - 2))
+            for span in job.spans:  # an image is decoded whole or not at all
+                if span.start < keep < span.start + span.n_pos:
+                    keep = span.start
             if keep < len(slot.cells):
                 if not llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, keep, -1):
                     llama_cpp.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
@@ -662,12 +694,21 @@ class _Batcher:
             self._outbox.flush()  # these tokens need not wait for the prompt chunks below
         room = self._n_batch
         for job in [j for j in self._active if j.prefilling]:
-            take = prompt_chunk(len(job.tokens) - job.fed, room, self._n_batch)
+            home = job.slot
+            assert home is not None
+            span = job.next_span()
+            if span is not None and span.start == job.fed:
+                # An image: the projector encodes it and decodes its embeddings (its own
+                # decodes, a whole step's worth of work).
+                if room < self._n_batch:
+                    break
+                self._decode_image(job, span)
+                break
+            limit = span.start if span is not None else len(job.tokens)
+            take = prompt_chunk(limit - job.fed, room, self._n_batch)
             if not take:
                 break
             room -= take
-            home = job.slot
-            assert home is not None
             end = job.fed + take
             run = job.tokens[job.fed : end]
             batch.clear()
@@ -678,6 +719,19 @@ class _Batcher:
                 job.row = last
                 self._sample(job, time.perf_counter_ns())
                 self._outbox.flush()
+
+    def _decode_image(self, job: Job, span: Any) -> None:
+        home = job.slot
+        assert home is not None and self._projector is not None
+        try:
+            self._projector.decode(self._ctx, span, job.fed, home.seq, self._n_batch)
+        except BridgeError as exc:
+            log.error("decoding an image failed: %s", exc.message)
+            self._outbox.emit(job, exc)
+            self._release(job, keep_cells=False)
+            return
+        home.cells.extend(job.tokens[span.start : span.start + span.n_pos])
+        job.fed = span.start + span.n_pos
 
     def _decode(self, jobs: list[Job]) -> bool:
         """Decode the batch; on failure, fail `jobs` (and free their cells)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +34,7 @@ class Job:
     queue: asyncio.Queue[Chunk | BaseException] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     # Owner-thread state.
+    announced: bool = False  # its first chunk has been handed over
     slot: Slot | None = None
     chain: Any = None  # its llama.cpp sampler chain
     fed: int = 0  # prompt tokens in the KV cells, reused ones included
@@ -203,22 +205,35 @@ class Outbox:
     `emit` collects while a decode's tokens are sampled; `flush` hands them over with one
     `call_soon_threadsafe` per loop, and none while that loop has not yet picked up an earlier
     hand-over (it then takes everything pending at once): a loop that falls behind drains many
-    tokens per wake-up.
+    tokens per wake-up. With an `interval`, ordinary tokens are handed over at most that often
+    (a stream's first chunk, its last and errors go at once): every wake-up of the loop costs
+    CPU that the engine's threads, on a small machine, would otherwise have.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 0.0) -> None:
         self._out: list[tuple[Job, Chunk | BaseException]] = []
         self._pending: dict[asyncio.AbstractEventLoop, list[tuple[Job, Chunk | BaseException]]]
         self._pending = {}
         self._lock = threading.Lock()
+        self._interval = interval
+        self._urgent = False
+        self._last = 0.0
 
     def emit(self, job: Job, item: Chunk | BaseException) -> None:
-        if not job.cancelled:
-            self._out.append((job, item))
+        if job.cancelled:
+            return
+        self._out.append((job, item))
+        if not job.announced or isinstance(item, BaseException) or item.done:
+            job.announced = True
+            self._urgent = True
 
-    def flush(self) -> None:
+    def flush(self, *, force: bool = False) -> None:
         if not self._out:
             return
+        now = time.monotonic()
+        if not (force or self._urgent or now - self._last >= self._interval):
+            return
+        self._last, self._urgent = now, False
         out, self._out = self._out, []
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, Chunk | BaseException]]] = {}
         for job, item in out:

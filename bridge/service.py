@@ -152,10 +152,18 @@ class Service:
             return await local()
         try:
             stream = await local()
-            first = await anext(stream, None)
         except ModelLoadFailed as exc:
             self._fell_back(spec, route, exc)
             return remote(route)
+        try:
+            first = await anext(stream, None)
+        except ModelLoadFailed as exc:
+            await stream.aclose()  # type: ignore[attr-defined]
+            self._fell_back(spec, route, exc)
+            return remote(route)
+        except BaseException:  # the client went away while the model loaded: free it now
+            await stream.aclose()  # type: ignore[attr-defined]
+            raise
         return _prepend(first, stream)
 
     async def find(self, raw: str, *, missing: str) -> ModelSpec:

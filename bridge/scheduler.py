@@ -144,7 +144,11 @@ class Scheduler:
         key = self._key(req.spec)
         while True:
             runner = self._runners.get(key)
-            if runner is not None and runner.options == req.options and runner.spec == req.spec:
+            if (
+                runner is not None
+                and runner.options == req.options
+                and _same_files(runner.spec, req.spec)
+            ):
                 return runner
             if runner is not None:
                 # Different load-time options (or the file changed): reload once it is idle.
@@ -280,3 +284,12 @@ class Scheduler:
         for runner in list(self._runners.values()):
             with contextlib.suppress(Exception):
                 await self._unload(runner, "shutdown")
+
+
+def _same_files(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether a loaded model still is what `b` describes: the same weights, projectors and
+    adapters (store blobs are named by their digest; a GGUF file by its path, size and
+    mtime). Layers that do not reach the engine (params, template, system) never reload."""
+    if (a.model_path, a.projectors, a.adapters) != (b.model_path, b.projectors, b.adapters):
+        return False
+    return a.source != "gguf" or (a.size, a.modified_at) == (b.size, b.modified_at)

@@ -84,3 +84,33 @@ async def test_abandoned_wait_on_a_load_leaks_nothing(start: Start, store: Store
         r = await http.post("/api/generate", json=body)
         assert r.status_code == 200 and r.json()["eval_count"] == 2
         assert [m["name"] for m in (await http.get("/api/ps")).json()["models"]] == [SMOL]
+
+
+class CountingEngine(LlamaCppEngine):
+    """The real engine, counting its loads."""
+
+    loads = 0
+
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:  # type: ignore[override]
+        CountingEngine.loads += 1
+        return await super().load(spec, options)
+
+
+async def test_a_gguf_folder_model_is_loaded_once_across_preload_and_chat(
+    start: Start, gguf_dir: Path
+) -> None:
+    # Its detected stop list changes the chat path's view of the model, not the weights.
+    CountingEngine.loads = 0
+    server = await start(settings_for(None, gguf_dir), engine_factory=CountingEngine)
+    name = "smollm2-135m-instruct.q4_1"
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=120) as http:
+        assert (await http.post("/api/chat", json={"model": name, "messages": []})).json()[
+            "done_reason"
+        ] == "load"
+        msgs = [{"role": "user", "content": "hi"}]
+        body = {"model": name, "messages": msgs, "stream": False, "options": {"num_predict": 2}}
+        assert (await http.post("/api/chat", json=body)).status_code == 200
+        assert (await http.post("/api/generate", json={"model": name})).json()[
+            "done_reason"
+        ] == "load"
+    assert CountingEngine.loads == 1

@@ -5,6 +5,7 @@ Stdlib only: the Ollama and OpenAI codecs, the service and the engines all speak
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -12,6 +13,11 @@ from typing import Any
 JSONSchema = Mapping[str, Any]
 # `format`: None (free text), "json" (any JSON value) or a JSON schema object.
 Format = str | JSONSchema | None
+
+
+# Where image N of a request goes in a rendered prompt (Ollama's marker); a prompt without any
+# (raw mode) takes its images first.
+IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +211,7 @@ class Completion:
     num_keep: int = 4  # tokens kept at the start when shortening
     logprobs: bool = False
     top_logprobs: int = 0  # alternatives per token, with `logprobs`
-    images: tuple[bytes, ...] = ()  # image N goes where the prompt says `[img-N]`
+    images: tuple[bytes, ...] = ()  # image N goes where the prompt says `[img-N]` (IMAGE_TAG)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from bridge.config import ModelOverride, Settings
 from bridge.domain import (
+    IMAGE_TAG,
     ChatRequest,
     Chunk,
     Completion,
@@ -373,6 +374,7 @@ class Service:
             received,
             context=req.context or (),
             return_context=not req.raw,
+            raw=req.raw,
             shift=req.shift,
             shape=shaping,
             logprobs=(req.logprobs, req.top_logprobs),
@@ -502,11 +504,14 @@ class Service:
         shape: OutputShape | None = None,
         logprobs: tuple[bool, int] = (False, 0),
         images: tuple[bytes, ...] = (),
+        raw: bool = False,
     ) -> AsyncIterator[Chunk]:
         merged = model_defaults(spec.params).overlay(opts)
         lease: Lease
         async with self._lease(spec, info, opts, keep_alive) as lease:
             text = prompt if isinstance(prompt, str) else await prompt(lease.model)
+            if images and not raw and not IMAGE_TAG.search(text):
+                images = ()  # their messages were truncated away
             if self.settings.log_prompts:
                 log.debug("prompt for %s: %r", spec.name, text)
             completion = Completion(

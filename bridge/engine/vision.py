@@ -23,9 +23,8 @@ from typing import Any
 
 import llama_cpp
 
+from bridge.domain import IMAGE_TAG
 from bridge.errors import EngineFailed, InvalidRequest, ModelLoadFailed
-
-IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
 
 
 @functools.cache
@@ -113,8 +112,10 @@ class Projector:
             order = list(range(len(images)))
             text = self.marker * len(images) + text
         # else images whose tags are gone (their messages were truncated away) are left out
-        bitmaps = [self._bitmap(images[n]) for n in order]
+        bitmaps: list[Any] = []
         try:
+            for k in order:
+                bitmaps.append(self._bitmap(images[k]))
             arr = (m.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
             data = text.encode()
             inp = m.mtmd_input_text(text=data, text_len=len(data), add_special=add_special)

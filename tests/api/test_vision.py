@@ -154,3 +154,19 @@ async def test_image_errors(http: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json()["error"].startswith("illegal base64 data")
     # The model still serves after bad input.
     assert (await chat(http, VLM, [RED])).status_code == 200
+
+
+async def test_an_image_in_a_truncated_message_is_left_out(http: httpx.AsyncClient) -> None:
+    # Ollama counts 768 tokens an image when fitting a chat: at num_ctx 512 the first turn,
+    # image and all, is dropped, and the image must not come back anywhere.
+    turns = [
+        {"role": "user", "content": "Look at this.", "images": [RED]},
+        {"role": "assistant", "content": "A red picture."},
+        {"role": "user", "content": "And now?"},
+    ]
+    opts = {**GREEDY, "num_ctx": 512}
+    body = {"model": VLM, "stream": False, "options": opts}
+    cut = (await http.post("/api/chat", json={**body, "messages": turns})).json()
+    rest = (await http.post("/api/chat", json={**body, "messages": turns[1:]})).json()
+    assert cut["prompt_eval_count"] == rest["prompt_eval_count"]
+    assert cut["message"]["content"] == rest["message"]["content"]

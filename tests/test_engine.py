@@ -305,6 +305,8 @@ def test_prompt_chunks_never_leave_a_lone_token() -> None:
     assert prompt_chunk(5, 1, 512) == 0  # a single row does not fit: wait for the next step
     assert prompt_chunk(1, 512, 512) == 1  # a one-token prompt is one row anyway
     assert prompt_chunk(5, 1, 1) == 1  # num_batch 1: nothing else is possible
+    # num_batch 2 with 3 left: take 2 (then 1), never 0 forever.
+    assert prompt_chunk(3, 2, 2) == 2 and prompt_chunk(1, 2, 2) == 1
 
 
 def test_common_prefix_and_shorten() -> None:

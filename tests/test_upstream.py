@@ -534,6 +534,19 @@ async def test_embeddings_from_both_kinds() -> None:
         assert (await ups.embed("oe", [])).vectors == []
 
 
+@pytest.mark.parametrize(
+    "vectors", [[[1.0, 2.0], [3.0]], [[1.0, "x"], [2.0, 3.0]], [[1.0, True], [2.0, 3.0]]]
+)
+async def test_embeddings_that_are_not_vectors_are_a_protocol_error(vectors: Any) -> None:
+    bad = Fault(status=200, body={"model": "e:latest", "embeddings": vectors})
+    async with (
+        fakes(Fake("ollama", models=("e:latest",), faults=[bad])) as (o,),
+        running(cfg(o, "ol")) as ups,
+    ):
+        with pytest.raises(UpstreamProtocolError, match="not vectors of numbers"):
+            await ups.embed("e", ["one", "two"])
+
+
 # --- errors before the first chunk: statuses, retries ----------------------------------------
 
 

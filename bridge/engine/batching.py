@@ -172,7 +172,9 @@ def prompt_chunk(left: int, room: int, n_batch: int) -> int:
     if left <= room or n_batch < 2:
         return min(left, room)
     take = room - 1 if left - room == 1 else room
-    return take if take >= 2 else 0
+    if take >= 2:
+        return take
+    return room if room == n_batch else 0  # a batch of two: a lone row cannot be avoided
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

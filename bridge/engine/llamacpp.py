@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ctypes
 import functools
 import logging
@@ -33,7 +34,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar, cast
 
@@ -116,7 +117,8 @@ class LlamaCppEngine:
             raise ModelLoadFailed(spec.problem)
         batcher = _Batcher(spec, options)
         try:
-            await asyncio.wrap_future(batcher.loaded)
+            # Shielded: a waiter that gives up must not cancel the owner thread's future.
+            await asyncio.shield(asyncio.wrap_future(batcher.loaded))
         except BaseException:
             batcher.request_close()  # abandoned mid-load: free it once the load is over
             raise
@@ -149,7 +151,7 @@ class LlamaCppModel:
 
     async def close(self) -> None:
         self._b.request_close()
-        await asyncio.wrap_future(self._b.closed)
+        await asyncio.shield(asyncio.wrap_future(self._b.closed))
 
     async def complete(self, completion: Completion) -> AsyncIterator[Chunk]:
         loop = asyncio.get_running_loop()
@@ -412,10 +414,10 @@ class _Batcher:
             if not isinstance(exc, BridgeError):
                 log.exception("loading %s failed", self.spec.name)
                 exc = ModelLoadFailed(f"unable to load model {self.spec.name}: {exc}")
-            self.loaded.set_exception(exc)
-            self.closed.set_result(None)
+            _settle(self.loaded, exc)
+            _settle(self.closed)
             return
-        self.loaded.set_result(None)
+        _settle(self.loaded)
         try:
             self._serve()
         except BaseException as exc:  # a bug here must not leave streams hanging
@@ -434,7 +436,7 @@ class _Batcher:
             self._fail_all(gone)
             self._outbox.flush(force=True)
             self._free()
-            self.closed.set_result(None)
+            _settle(self.closed)
 
     def _load(self) -> None:
         _backend()
@@ -570,7 +572,10 @@ class _Batcher:
             self._reap()
             self._admit()
             if self._active:
-                self._step()
+                try:
+                    self._step()
+                except Exception as exc:  # a bug: fail the running requests, keep the model
+                    self._fail_active(_engine_error(exc))
             if not self._active and not self._inbox:
                 self._outbox.flush(force=True)
                 self._wake.wait()
@@ -646,6 +651,8 @@ class _Batcher:
                 )
                 add(pen)
                 for t in job.tokens[-last_n:]:
+                    if t < 0:  # an image position, no token
+                        continue
                     llama_cpp.llama_sampler_accept(pen, t)
             if job.grammar is not None:
                 grammar = llama_cpp.llama_sampler_init_grammar(self._vocab, job.grammar, b"root")
@@ -696,7 +703,8 @@ class _Batcher:
             now = time.perf_counter_ns()
             for job in generating:
                 self._sample(job, now)
-            self._outbox.flush()  # these tokens need not wait for the prompt chunks below
+            # These tokens need not wait for the prompt chunks (or images) below.
+            self._outbox.flush(force=any(j.prefilling for j in self._active))
         room = self._n_batch
         for job in [j for j in self._active if j.prefilling]:
             home = job.slot
@@ -798,10 +806,13 @@ class _Batcher:
             llama_cpp.llama_sampler_free(job.chain)
             job.chain = None
 
-    def _fail_all(self, exc: BridgeError) -> None:
+    def _fail_active(self, exc: BridgeError) -> None:
         for job in list(self._active):
             self._outbox.emit(job, exc)
             self._release(job, keep_cells=False)
+
+    def _fail_all(self, exc: BridgeError) -> None:
+        self._fail_active(exc)
         while self._waiting:
             self._outbox.emit(self._waiting.popleft(), exc)
 
@@ -865,6 +876,15 @@ class _Batcher:
         if eog is None:
             eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
         return eog
+
+
+def _settle(fut: Future[None], exc: BaseException | None = None) -> None:
+    """Complete a future the owner thread owns, unless it was cancelled meanwhile."""
+    with contextlib.suppress(InvalidStateError):
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
 
 
 def _engine_error(exc: BaseException) -> BridgeError:

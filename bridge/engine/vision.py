@@ -152,8 +152,8 @@ class Projector:
     def _bitmap(self, data: bytes) -> Any:
         m = _mtmd()
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        with self._lock:
-            bitmap = m.mtmd_helper_bitmap_init_from_buf(self._ctx, buf, len(data), False)
+        # Decoding the file only reads the context's settings: no need to hold up the owner.
+        bitmap = m.mtmd_helper_bitmap_init_from_buf(self._ctx, buf, len(data), False)
         if not bitmap:
             raise InvalidRequest("failed to decode an image (PNG, JPEG, BMP or GIF expected)")
         return bitmap
@@ -171,4 +171,5 @@ class Projector:
 
 
 def _pseudo_id(image: bytes) -> int:
-    return -1 - int.from_bytes(hashlib.blake2b(image, digest_size=4).digest(), "little")
+    # 62 bits: two different images at one place would need a hash collision to mix up.
+    return -1 - (int.from_bytes(hashlib.blake2b(image, digest_size=8).digest(), "little") >> 2)

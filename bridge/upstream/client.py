@@ -46,6 +46,8 @@ from bridge.upstream.streams import ollama_chunks, openai_chunks, whole_json
 
 log = logging.getLogger(__name__)
 
+PS_TIMEOUT = 1.0  # seconds an upstream's /api/ps may take before /api/ps answers without it
+
 
 @dataclass(frozen=True, slots=True)
 class RemoteRunner:
@@ -231,10 +233,15 @@ class Upstreams:
         return out
 
     async def _ps(self, member: Member) -> list[Listed]:
+        if not member.available(self._clock()):
+            return []  # ejected: /api/ps must not wait for a server known to be down
         try:
-            return ollama_codec.listed(
-                await self._calls.get(member, "api/ps"), label(member.config)
-            )
+            async with asyncio.timeout(PS_TIMEOUT):
+                reply = await self._calls.get(member, "api/ps")
+            return ollama_codec.listed(reply, label(member.config))
+        except TimeoutError:
+            log.debug("upstream %s: /api/ps took longer than %ss", member.config.name, PS_TIMEOUT)
+            return []
         except UpstreamError as exc:
             log.debug("upstream %s: no /api/ps: %s", member.config.name, exc.message)
             return []
@@ -361,6 +368,12 @@ class Upstreams:
         if len(vectors) != len(inputs):
             raise UpstreamProtocolError(
                 f"{opened.who} sent {len(vectors)} embeddings for {len(inputs)} inputs"
+            )
+        if len({len(v) for v in vectors}) > 1 or not all(
+            type(x) in (int, float) for v in vectors for x in v
+        ):
+            raise UpstreamProtocolError(
+                f"{opened.who} sent embeddings that are not vectors of numbers of one length"
             )
         opened.member.succeeded()
         return Embeddings(

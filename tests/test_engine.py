@@ -4,6 +4,7 @@ produces, cancellation frees only its own sequence, prefix reuse shows in the me
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -317,3 +318,32 @@ def test_common_prefix_and_shorten() -> None:
     assert common_prefix(long, [*long[:637], -1]) == 637
     assert shorten(list(range(300)), 256, 4)[:4] == [0, 1, 2, 3]
     assert len(shorten(list(range(300)), 256, 4)) < 256
+
+
+async def test_an_image_is_reused_from_the_cache_only_when_it_is_the_same_image(
+    tmp_path: Path,
+) -> None:
+    from tests.api.test_vision import png
+    from tests.mmproj import IMAGE_TOKENS, write_tiny_mmproj
+
+    mmproj = write_tiny_mmproj(tmp_path / "mmproj.gguf")
+    spec = dataclasses.replace(spec_for(smollm2_path()), projectors=(str(mmproj),))
+    model = await LlamaCppEngine().load(spec, LoadOptions(num_ctx=512, num_thread=2))
+    try:
+        red, blue = png(8, 8, (255, 0, 0)), png(8, 8, (0, 0, 255))
+        prompt = chat("[img-0]What colour is this?")
+        _, first = await run(model, prompt, images=(red,), num_predict=4)
+        _, again = await run(model, prompt, images=(red,), num_predict=4)
+        _, other = await run(model, prompt, images=(blue,), num_predict=4)
+        assert first.metrics is not None and again.metrics is not None
+        assert other.metrics is not None
+        start = len(await model.tokenize(chat("")[: chat("").index("\n") + 1]))
+        assert first.metrics.prompt_eval_count == again.metrics.prompt_eval_count
+        # The same image: everything but the last two prompt tokens comes from the cache.
+        assert again.metrics.prompt_cached == again.metrics.prompt_eval_count - 2
+        # Another image at that place: only the text before it is reused.
+        assert other.metrics.prompt_cached == start
+        assert first.metrics.prompt_eval_count >= start + IMAGE_TOKENS
+        assert first.context is not None and all(t >= 0 for t in first.context)
+    finally:
+        await model.close()

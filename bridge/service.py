@@ -144,24 +144,25 @@ class Service:
         self,
         spec: ModelSpec,
         local: Callable[[], Awaitable[AsyncIterator[Chunk]]],
-        remote: Callable[[Route], AsyncIterator[Chunk]],
+        remote: Callable[[Upstreams, Route], AsyncIterator[Chunk]],
     ) -> AsyncIterator[Chunk]:
         """`local()`'s stream, unless the model fails to load (its header, or the load before
         the first chunk) and an upstream is its fallback: then that upstream's stream."""
         route = self._fallback(spec)
-        if route is None:
+        if route is None or self.upstreams is None:
             return await local()
+        upstreams = self.upstreams
         try:
             stream = await local()
         except ModelLoadFailed as exc:
             self._fell_back(spec, route, exc)
-            return remote(route)
+            return remote(upstreams, route)
         try:
             first = await anext(stream, None)
         except ModelLoadFailed as exc:
             await stream.aclose()  # type: ignore[attr-defined]
             self._fell_back(spec, route, exc)
-            return remote(route)
+            return remote(upstreams, route)
         except BaseException:  # the client went away while the model loaded: free it now
             await stream.aclose()  # type: ignore[attr-defined]
             raise
@@ -259,11 +260,10 @@ class Service:
         if isinstance(target, Route):
             assert self.upstreams is not None
             return self.upstreams.chat(target, req)
-        upstreams = self.upstreams
         return await self._local_or_fallback(
             target,
             lambda: self._chat(target, req, received),
-            lambda route: upstreams.chat(route, req) if upstreams else _nothing(),
+            lambda upstreams, route: upstreams.chat(route, req),
         )
 
     async def _chat(self, spec: ModelSpec, req: ChatRequest, received: int) -> AsyncIterator[Chunk]:
@@ -326,11 +326,10 @@ class Service:
         if isinstance(target, Route):
             assert self.upstreams is not None
             return self.upstreams.generate(target, req)
-        upstreams = self.upstreams
         return await self._local_or_fallback(
             target,
             lambda: self._generate(target, req, received),
-            lambda route: upstreams.generate(route, req) if upstreams else _nothing(),
+            lambda upstreams, route: upstreams.generate(route, req),
         )
 
     async def _generate(
@@ -557,11 +556,6 @@ async def _prepend(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIter
             yield chunk
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
-
-
-async def _nothing() -> AsyncIterator[Chunk]:
-    return
-    yield  # an empty async generator
 
 
 def _tag_images(messages: Sequence[Message]) -> tuple[list[Message], tuple[bytes, ...]]:

@@ -1,4 +1,4 @@
-"""What the benchmarks share: the model, the machine's cores, a free port."""
+"""What the benchmarks share: the model, prompt topics, the machine's cores, a free port."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+# What the prompts ask stories about (every contender gets the same ones).
+TOPICS = (
+    "a dragon who is afraid of flying",
+    "a young girl who builds a robot out of scrap metal",
+    "a city that floats above the clouds",
+    "two rival chefs who must cook together to save their town",
+    "an astronaut stranded on a distant moon",
+    "a detective cat solving a mystery in Paris",
+    "a wizard who has lost his magic",
+    "a family of mice living inside a piano",
+)
 
 
 def model_path() -> str:

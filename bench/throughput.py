@@ -50,21 +50,11 @@ from typing import Any, Protocol
 import httpx
 import jinja2.sandbox
 import llama_cpp
-from _common import free_port, model_path, physical_cores
+from _common import TOPICS, free_port, model_path, physical_cores
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 
-TOPICS = (
-    "a dragon who is afraid of flying",
-    "a young girl who builds a robot out of scrap metal",
-    "a city that floats above the clouds",
-    "two rival chefs who must cook together to save their town",
-    "an astronaut stranded on a distant moon",
-    "a detective cat solving a mystery in Paris",
-    "a wizard who has lost his magic",
-    "a family of mice living inside a piano",
-)
 PHRASINGS = (
     "Write a long, detailed story about {topic}.",
     "Tell me a long story about {topic}, with many details.",

@@ -595,25 +595,13 @@ class _Lexer:
                 return -1
 
     def quote(self, start: int) -> int:
-        t, n = self.text, self.n
-        pos = start + 1
-        while True:
-            c = t[pos] if pos < n else ""
-            pos += 1
-            if c == "\\":
-                c2 = t[pos] if pos < n else ""
-                pos += 1
-                if c2 not in ("", "\n"):
-                    continue
-                c = c2
-            if c in ("", "\n"):
-                self.error(start, "unterminated quoted string")
-                return -1
-            if c == '"':
-                self.emit(_STRING, start, pos)
-                return pos
+        return self._quoted(start, '"', _STRING, "unterminated quoted string")
 
     def char(self, start: int) -> int:
+        return self._quoted(start, "'", _CHAR_CONSTANT, "unterminated character constant")
+
+    def _quoted(self, start: int, close: str, typ: int, unterminated: str) -> int:
+        """A "..." or '...' literal: backslash escapes anything but a newline."""
         t, n = self.text, self.n
         pos = start + 1
         while True:
@@ -626,10 +614,10 @@ class _Lexer:
                     continue
                 c = c2
             if c in ("", "\n"):
-                self.error(start, "unterminated character constant")
+                self.error(start, unterminated)
                 return -1
-            if c == "'":
-                self.emit(_CHAR_CONSTANT, start, pos)
+            if c == close:
+                self.emit(typ, start, pos)
                 return pos
 
     def field_or_variable(self, start: int, typ: int) -> int:

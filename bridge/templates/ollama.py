@@ -141,31 +141,10 @@ class ToolProperty:
         return " | ".join(_TS_TYPES.get(t, "any") for t in self.Type)
 
 
-class TemplateProperties(dict[str, ToolProperty]):
-    """template.templateProperties: a Go map (sorted), printing as JSON."""
+class _GoJSONMap(dict[str, Any]):
+    """A Go map (sorted) that prints as JSON; nil when made from None."""
 
     __slots__ = ("nil",)
-    __go_type__ = "template.templateProperties"
-
-    def __init__(self, items: Mapping[str, ToolProperty] | None = None) -> None:
-        super().__init__(items or {})
-        self.nil = items is None
-
-    def String(self) -> str:
-        return "{}" if self.nil else _marshal_or_empty(self)
-
-    def __go_json__(self) -> str:
-        return "null" if self.nil else marshal_json(dict(self))
-
-    def __go_zero__(self) -> ToolProperty:
-        return _empty_property()
-
-
-class TemplateArgs(dict[str, Any]):
-    """template.templateArgs: tool-call arguments as a Go map, printing as JSON."""
-
-    __slots__ = ("nil",)
-    __go_type__ = "template.templateArgs"
 
     def __init__(self, items: Mapping[str, Any] | None = None) -> None:
         super().__init__(items or {})
@@ -176,6 +155,23 @@ class TemplateArgs(dict[str, Any]):
 
     def __go_json__(self) -> str:
         return "null" if self.nil else marshal_json(dict(self))
+
+
+class TemplateProperties(_GoJSONMap):
+    """template.templateProperties: tool parameters by name."""
+
+    __slots__ = ()
+    __go_type__ = "template.templateProperties"
+
+    def __go_zero__(self) -> ToolProperty:
+        return _empty_property()
+
+
+class TemplateArgs(_GoJSONMap):
+    """template.templateArgs: tool-call arguments."""
+
+    __slots__ = ()
+    __go_type__ = "template.templateArgs"
 
 
 @dataclass(slots=True, eq=False)

@@ -93,6 +93,7 @@ def _service_ctx(
             max_loaded=settings.max_loaded_models,
             max_queue=settings.max_queue,
             memory_budget=settings.memory_budget or int(0.9 * available_memory()),
+            gpu_overhead=settings.gpu_overhead,
             load_cooldown=settings.load_cooldown,
         )
         upstreams = Upstreams(settings.upstreams, transport=upstream_transport)
@@ -101,8 +102,10 @@ def _service_ctx(
         # The first scan reads every GGUF header; it runs in the background so that the
         # server answers at once (a request that needs the models waits for its own scan).
         scan = asyncio.create_task(_first_scan(resolver, settings))
+        gpus = asyncio.create_task(scheduler.gpus())  # logged now, not at the first load
         yield
         scan.cancel()
+        gpus.cancel()
         await scheduler.close()
         await upstreams.close()
 

@@ -202,7 +202,8 @@ SETTINGS: tuple[Setting, ...] = (
         "context_length",
         "OLLAMA_CONTEXT_LENGTH",
         0,
-        "Default num_ctx; 0 = 4096 (capped at the model's trained context).",
+        "Default num_ctx; 0 = by total VRAM as Ollama: 4096, 32768 from 23 GiB, 262144 from "
+        "47 GiB (capped at the model's trained context).",
         _int,
     ),
     Setting(
@@ -211,6 +212,13 @@ SETTINGS: tuple[Setting, ...] = (
         "auto",
         'Memory loaded models may use together (e.g. "12GiB"); idle models are evicted to '
         "stay under it. auto = 90% of the memory available when bridge starts.",
+        parse_bytes,
+    ),
+    Setting(
+        "gpu_overhead",
+        "OLLAMA_GPU_OVERHEAD",
+        0,
+        "Bytes of each GPU's memory to leave free for other programs.",
         parse_bytes,
     ),
     Setting(
@@ -232,7 +240,8 @@ SETTINGS: tuple[Setting, ...] = (
         "num_gpu",
         "BRIDGE_NUM_GPU",
         -1,
-        "Layers to offload to the GPU by default; -1 = all that the build supports, 0 = none.",
+        "Layers to offload to the GPU by default; -1 = as many as fit in its free memory, "
+        "0 = none.",
         _int,
     ),
     Setting(
@@ -286,6 +295,7 @@ class Settings:
     log_level: str = "info"
     log_prompts: bool = False
     memory_budget: int = 0
+    gpu_overhead: int = 0
     load_cooldown: float = 10.0
     aliases: Mapping[str, str] = field(default_factory=dict)
     model_overrides: Mapping[str, ModelOverride] = field(default_factory=dict)

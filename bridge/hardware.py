@@ -6,6 +6,30 @@ import functools
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_GIB = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class GPU:
+    """A device llama.cpp can offload layers to, with its memory as the driver reports it."""
+
+    name: str
+    description: str
+    free: int
+    total: int
+
+
+def context_tier(gpus: Sequence[GPU]) -> int:
+    """Ollama's default num_ctx when OLLAMA_CONTEXT_LENGTH is unset: by total VRAM."""
+    vram = sum(g.total for g in gpus)
+    if vram >= 47 * _GIB:
+        return 262144
+    if vram >= 23 * _GIB:
+        return 32768
+    return 4096
 
 
 @functools.cache

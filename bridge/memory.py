@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from bridge.domain import LoadOptions
-from bridge.models.gguf_info import GGUFInfo
+from bridge.models.gguf_info import GGUFInfo, TensorInfo
 
 _GIB = 1024**3
+_LAYER = re.compile(r"blk\.(\d+)\.")
 
 
 def _num(meta: Mapping[str, Any], key: str, default: int) -> int:
@@ -19,12 +24,96 @@ def _num(meta: Mapping[str, Any], key: str, default: int) -> int:
     return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else default
 
 
-def estimate(info: GGUFInfo, weights_bytes: int, opts: LoadOptions) -> int:
-    """Weights + f16 KV cache for num_ctx x parallel + compute buffers, in bytes.
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a model's memory goes: `size` bytes in all, `vram` of them on the GPUs, with
+    `gpu_layers` as llama.cpp's n_gpu_layers (0 = CPU only; block_count + 1 = everything)."""
 
-    The compute estimate covers the logits of one batch and the attention scores of one batch
-    against the whole context, which dominate llama.cpp's graph buffers.
+    size: int
+    vram: int = 0
+    gpu_layers: int = 0
+
+    @property
+    def ram(self) -> int:
+        return self.size - self.vram
+
+
+class MemoryPlan:
+    """A model's memory need from its GGUF header, split the way llama.cpp offloads layers.
+
+    llama.cpp's n_gpu_layers = N puts the output layer and then the last N - 1 repeating blocks
+    (weights and their KV cache) on the GPU, with the compute buffer and any projector; the
+    token embeddings always stay in RAM. `at(vram)` offloads as many layers as fit in `vram`
+    bytes when the request leaves num_gpu automatic (negative), exactly `num_gpu` otherwise.
     """
+
+    def __init__(
+        self, info: GGUFInfo, opts: LoadOptions, *, file_bytes: int, extra_bytes: int, offload: bool
+    ) -> None:
+        """`file_bytes`: the model file; `extra_bytes`: its projectors and adapters."""
+        self.size = estimate(info, file_bytes + extra_bytes, opts)
+        self._requested = opts.num_gpu
+        self._offload = offload
+        blocks = _num(info.metadata, f"{info.architecture}.block_count", 0)
+        per_layer = [0] * blocks
+        output = 0
+        embd = 0
+        for t in info.tensors:
+            m = _LAYER.match(t.name)
+            if m and int(m.group(1)) < blocks:
+                per_layer[int(m.group(1))] += _nbytes(t)
+            elif t.name.startswith("output"):
+                output += _nbytes(t)
+            elif t.name == "token_embd.weight":
+                embd = _nbytes(t)
+        if not any(t.name == "output.weight" for t in info.tensors):
+            output += embd  # tied embeddings: llama.cpp copies them for the output layer
+        kv = kv_bytes(info, opts) // blocks if blocks else 0
+        # Offloaded from the last block backwards, after the output layer.
+        self._layers = [output] + [b + kv for b in reversed(per_layer)]
+        self._fixed = compute_bytes(info, opts) + extra_bytes
+
+    @property
+    def output_bytes(self) -> int:
+        """What the output layer puts on the GPU (the first layer offloaded)."""
+        return self._layers[0]
+
+    @property
+    def max_layers(self) -> int:
+        return len(self._layers)
+
+    def at(self, vram: int) -> Placement:
+        if not self._offload:
+            return Placement(self.size)
+        if self._requested >= 0:
+            n = min(self._requested, self.max_layers)
+        else:
+            n, used = 0, self._fixed
+            for layer in self._layers:
+                if used + layer > vram:
+                    break
+                n, used = n + 1, used + layer
+        if n == self.max_layers:  # all of it: shown as "100% GPU", as Ollama shows it
+            return Placement(self.size, self.size, n)
+        on_gpu = self._fixed + sum(self._layers[:n]) if n else 0
+        return Placement(self.size, min(on_gpu, self.size), n)
+
+
+def _nbytes(t: TensorInfo) -> int:
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType[t.type_name]]
+    except KeyError:
+        return 0
+    return t.n_elements * size // block
+
+
+def estimate(info: GGUFInfo, weights_bytes: int, opts: LoadOptions) -> int:
+    """Weights + f16 KV cache for num_ctx x parallel + compute buffers, in bytes."""
+    return weights_bytes + kv_bytes(info, opts) + compute_bytes(info, opts)
+
+
+def kv_bytes(info: GGUFInfo, opts: LoadOptions) -> int:
+    """The f16 KV cache for num_ctx x parallel tokens, all layers."""
     meta = info.metadata
     arch = info.architecture
     n_embd = info.embedding_length or _num(meta, f"{arch}.embedding_length", 4096)
@@ -33,13 +122,21 @@ def estimate(info: GGUFInfo, weights_bytes: int, opts: LoadOptions) -> int:
     n_head_kv = _num(meta, f"{arch}.attention.head_count_kv", n_head)
     k_dim = _num(meta, f"{arch}.attention.key_length", n_embd // n_head)
     v_dim = _num(meta, f"{arch}.attention.value_length", n_embd // n_head)
+    n_ctx = opts.num_ctx * max(1, opts.parallel)
+    return n_ctx * n_layer * n_head_kv * (k_dim + v_dim) * 2
+
+
+def compute_bytes(info: GGUFInfo, opts: LoadOptions) -> int:
+    """llama.cpp's graph buffers: the logits of one batch and the attention scores of one batch
+    against the whole context dominate them."""
+    meta = info.metadata
+    arch = info.architecture
+    n_head = max(1, _num(meta, f"{arch}.attention.head_count", 32))
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = _num(meta, f"{arch}.vocab_size", getattr(tokens, "count", 32000))
     n_ctx = opts.num_ctx * max(1, opts.parallel)
-    kv = n_ctx * n_layer * n_head_kv * (k_dim + v_dim) * 2
     batch = min(opts.num_batch, n_ctx)
-    compute = 4 * batch * (n_vocab + n_head * min(n_ctx, 4096))
-    return weights_bytes + kv + compute
+    return 4 * batch * (n_vocab + n_head * min(n_ctx, 4096))
 
 
 def available_memory() -> int:

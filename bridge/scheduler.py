@@ -10,6 +10,9 @@ Contract:
 - A model with a reference is never unloaded. To make room (`max_loaded` models, or a memory
   budget) the idle model with the shortest keep-alive, then the least recently used, goes first;
   when every loaded model is busy, the load waits for one to become idle.
+- VRAM is budgeted apart from RAM. A model whose layers would not all fit beside the loaded
+  ones makes room on the GPUs the same way; when the models holding VRAM are busy it does not
+  wait but loads with as many layers offloaded as fit (the rest run on the CPU), as Ollama does.
 - Requests waiting for a load or a slot count against `max_queue`; beyond it, QueueFull.
 - A failed load is remembered for `load_cooldown` seconds and answered with the same error,
   so a broken model is not reloaded in a tight loop.
@@ -19,17 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from bridge.domain import LoadOptions, ModelSpec
 from bridge.engine.base import Engine, LoadedModel
 from bridge.errors import BridgeError, ModelLoadFailed, QueueFull
-from bridge.memory import human
+from bridge.hardware import GPU
+from bridge.memory import MemoryPlan, Placement, human
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +43,11 @@ log = logging.getLogger(__name__)
 class LoadRequest:
     spec: ModelSpec
     options: LoadOptions
-    need: int = 0  # estimated bytes once loaded
+    plan: MemoryPlan | None = None  # None: nothing known of its memory need
     pinned: bool = False
+
+    def at(self, vram: int) -> Placement:
+        return self.plan.at(vram) if self.plan is not None else Placement(0)
 
 
 @dataclass(eq=False)
@@ -49,7 +57,7 @@ class Runner:
     model: LoadedModel
     slots: asyncio.Semaphore
     keep_alive: float
-    need: int = 0
+    placement: Placement = field(default_factory=lambda: Placement(0))
     pinned: bool = False
     refs: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -76,6 +84,7 @@ class Scheduler:
         max_loaded: int = 3,
         max_queue: int = 512,
         memory_budget: int = 0,
+        gpu_overhead: int = 0,
         load_cooldown: float = 10.0,
     ) -> None:
         self._engine = engine
@@ -83,6 +92,9 @@ class Scheduler:
         self._max_loaded = max_loaded if max_loaded > 0 else 3
         self._max_queue = max_queue
         self._budget = memory_budget  # 0 = no limit
+        self._gpu_overhead = gpu_overhead  # bytes of each GPU left alone (OLLAMA_GPU_OVERHEAD)
+        self._gpus: asyncio.Task[Sequence[GPU]] | None = None
+        self._vram = 0  # bytes the GPUs give loaded models (0: none, or a CPU-only build)
         self._cooldown = load_cooldown
         self._runners: dict[str, Runner] = {}
         self._loading: dict[str, asyncio.Task[Runner]] = {}
@@ -94,6 +106,26 @@ class Scheduler:
     @staticmethod
     def _key(spec: ModelSpec) -> str:
         return spec.model_path or spec.full_name
+
+    async def gpus(self) -> Sequence[GPU]:
+        """The GPUs the engine offloads to, read once (free memory as it was then)."""
+        if self._gpus is None:
+            self._gpus = asyncio.create_task(self._read_gpus())
+        return await asyncio.shield(self._gpus)
+
+    async def _read_gpus(self) -> Sequence[GPU]:
+        found = await asyncio.to_thread(self._engine.gpus)
+        self._vram = sum(max(0, g.free - self._gpu_overhead) for g in found)
+        for g in found:
+            log.info(
+                "GPU %s (%s): %s free of %s", g.name, g.description, human(g.free), human(g.total)
+            )
+        return found
+
+    @property
+    def offloads(self) -> bool:
+        """Whether models get layers on a GPU (known once `gpus` has answered)."""
+        return self._vram > 0
 
     def running(self) -> list[Runner]:
         """Loaded models, latest expiry first (in use counts as furthest away), as /api/ps sorts."""
@@ -175,14 +207,18 @@ class Scheduler:
 
     async def _load(self, key: str, req: LoadRequest) -> Runner:
         async with self._load_lock:
-            if self._budget and req.need > self._budget:
+            best = req.at(self._vram)  # as many layers on the GPUs as they could ever take
+            if self._budget and best.ram > self._budget:
                 raise ModelLoadFailed(
-                    f"model requires more system memory ({human(req.need)}) than is available "
+                    f"model requires more system memory ({human(best.ram)}) than is available "
                     f"({human(self._budget)})"
                 )
-            await self._make_room(req.need)
+            placement = await self._make_room(req, best)
+            options = req.options
+            if req.plan is not None and self._vram:
+                options = dataclasses.replace(options, num_gpu=placement.gpu_layers)
             try:
-                model = await self._engine.load(req.spec, req.options)
+                model = await self._engine.load(req.spec, options)
             except BridgeError as exc:
                 self._failed[key] = (time.monotonic(), exc)
                 raise
@@ -192,27 +228,42 @@ class Scheduler:
                 model=model,
                 slots=asyncio.Semaphore(max(1, req.options.parallel)),
                 keep_alive=math.inf if req.pinned else self._default_keep_alive,
-                need=req.need,
+                placement=placement,
                 pinned=req.pinned,
             )
             self._runners[key] = runner
             # A model nobody claims (its requests were abandoned) still expires.
             self._arm_timer(runner)
-            log.info("loaded %s (estimated %s)", req.spec.name, human(req.need))
+            log.info(
+                "loaded %s (estimated %s, %s on the GPUs, %d layers offloaded)",
+                req.spec.name,
+                human(placement.size),
+                human(placement.vram),
+                placement.gpu_layers,
+            )
             return runner
 
-    def _used(self) -> int:
-        return sum(r.need for r in self._runners.values())
-
-    async def _make_room(self, need: int) -> None:
-        while len(self._runners) >= self._max_loaded or (
-            self._budget and self._runners and self._used() + need > self._budget
-        ):
+    async def _make_room(self, req: LoadRequest, best: Placement) -> Placement:
+        """Evict idle models until `req` fits; returns where its memory goes."""
+        while True:
+            vram_used = sum(r.placement.vram for r in self._runners.values())
+            placement = req.at(max(0, self._vram - vram_used))
+            ram_used = sum(r.placement.ram for r in self._runners.values())
+            short = len(self._runners) >= self._max_loaded or bool(
+                self._budget and self._runners and ram_used + placement.ram > self._budget
+            )
+            gpu_short = placement.gpu_layers < best.gpu_layers
+            if not short and not gpu_short:
+                return placement
             idle = [r for r in self._runners.values() if r.refs == 0 and not r.pinned]
+            if not short:  # only the GPUs are short: only a model that holds VRAM helps
+                idle = [r for r in idle if r.placement.vram > 0]
             if idle:
                 victim = min(idle, key=lambda r: (r.keep_alive, r.last_used))
                 await self._unload(victim, "evicted to make room")
                 continue
+            if not short:
+                return placement  # the rest of its layers run on the CPU
             if all(r.pinned for r in self._runners.values()):
                 raise ModelLoadFailed("no room to load the model: every loaded model is pinned")
             async with self._changed:
@@ -279,6 +330,8 @@ class Scheduler:
 
     async def close(self) -> None:
         """Unload everything (shutdown)."""
+        if self._gpus is not None and not self._gpus.done():
+            self._gpus.cancel()
         for task in list(self._loading.values()):
             task.cancel()
         for runner in list(self._runners.values()):

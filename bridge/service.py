@@ -7,6 +7,7 @@ keep-alive and prompt building happen here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -38,7 +39,8 @@ from bridge.errors import (
     ModelLoadFailed,
     ModelNotFound,
 )
-from bridge.memory import estimate
+from bridge.hardware import context_tier
+from bridge.memory import MemoryPlan
 from bridge.models.gguf_info import GGUFError, GGUFInfo, model_info, read_gguf
 from bridge.models.names import InvalidName, ModelName
 from bridge.models.resolver import Resolver
@@ -457,25 +459,32 @@ class Service:
             pass
         yield Chunk(done=True, done_reason="load")
 
-    def _lease(
+    @contextlib.asynccontextmanager
+    async def _lease(
         self, spec: ModelSpec, info: GGUFInfo, opts: Options, keep_alive: float | None
-    ) -> Any:
+    ) -> AsyncIterator[Lease]:
+        gpus = await self.scheduler.gpus()
         merged = model_defaults(spec.params).overlay(opts)
         override = self._override(spec)
         parallel = override.num_parallel if override.num_parallel else self.settings.num_parallel
         load = load_options(
             merged,
             trained_ctx=info.context_length,
-            default_ctx=self.settings.context_length,
+            default_ctx=self.settings.context_length or context_tier(gpus),
             default_gpu=self.settings.num_gpu,
             default_threads=self.settings.num_thread,
             parallel=1 if info.pooling else parallel,
         )
-        weights = sum(_file_size(p) for p in (spec.model_path, *spec.projectors, *spec.adapters))
-        request = LoadRequest(
-            spec=spec, options=load, need=estimate(info, weights, load), pinned=override.pinned
+        plan = MemoryPlan(
+            info,
+            load,
+            file_bytes=_file_size(spec.model_path),
+            extra_bytes=sum(_file_size(p) for p in (*spec.projectors, *spec.adapters)),
+            offload=self.scheduler.offloads,
         )
-        return self.scheduler.acquire(request, keep_alive)
+        request = LoadRequest(spec=spec, options=load, plan=plan, pinned=override.pinned)
+        async with self.scheduler.acquire(request, keep_alive) as lease:
+            yield lease
 
     def _override(self, spec: ModelSpec) -> ModelOverride:
         key = ModelName.parse(spec.full_name).key()

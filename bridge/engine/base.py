@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from bridge.domain import Chunk, Completion, Embeddings, LoadOptions, ModelSpec
+from bridge.hardware import GPU
 
 
 class LoadedModel(Protocol):
@@ -27,11 +28,6 @@ class LoadedModel(Protocol):
     @property
     def size(self) -> int:
         """Bytes this model holds in memory (weights and caches)."""
-        ...
-
-    @property
-    def size_vram(self) -> int:
-        """The part of `size` on the GPU."""
         ...
 
     def complete(self, completion: Completion) -> AsyncIterator[Chunk]:
@@ -65,5 +61,11 @@ class LoadedModel(Protocol):
 
 class Engine(Protocol):
     async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:
-        """Load `spec`'s weights; raises ModelLoadFailed with a clear reason."""
+        """Load `spec`'s weights; raises ModelLoadFailed with a clear reason. `options.num_gpu`
+        is the number of layers to offload, negative for all of them."""
+        ...
+
+    def gpus(self) -> Sequence[GPU]:
+        """The GPUs it can offload layers to, with their free memory now; empty when it runs
+        on the CPU alone. Blocking: called off the event loop."""
         ...

@@ -39,6 +39,7 @@ from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 import llama_cpp
+import llama_cpp._ggml
 import numpy as np
 import orjson
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
@@ -71,7 +72,7 @@ from bridge.errors import (
     InvalidRequest,
     ModelLoadFailed,
 )
-from bridge.hardware import physical_cores
+from bridge.hardware import GPU, physical_cores
 
 log = logging.getLogger(__name__)
 native_log = logging.getLogger(__name__ + ".native")
@@ -95,6 +96,57 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
+def gpus() -> list[GPU]:
+    """The GPUs this build of llama.cpp can offload to (none on a CPU-only build)."""
+    _backend()
+    if not gpu_offload_supported():
+        return []
+    lib = _ggml_devices()
+    found = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        if lib.ggml_backend_dev_type(dev) not in (_DEV_GPU, _DEV_IGPU):
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        found.append(
+            GPU(
+                name=(lib.ggml_backend_dev_name(dev) or b"").decode("utf-8", "replace"),
+                description=(lib.ggml_backend_dev_description(dev) or b"").decode(
+                    "utf-8", "replace"
+                ),
+                free=free.value,
+                total=total.value,
+            )
+        )
+    return found
+
+
+_DEV_GPU, _DEV_IGPU = 1, 2  # enum ggml_backend_dev_type
+
+
+@functools.cache
+def _ggml_devices() -> ctypes.CDLL:
+    # llama-cpp-python loads libggml but declares none of its device functions.
+    lib: ctypes.CDLL = llama_cpp._ggml.libggml
+    lib.ggml_backend_dev_count.argtypes = []
+    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
+    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
+    lib.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_dev_type.restype = ctypes.c_int
+    for fn in (lib.ggml_backend_dev_name, lib.ggml_backend_dev_description):
+        fn.argtypes = [ctypes.c_void_p]
+        fn.restype = ctypes.c_char_p
+    lib.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+    lib.ggml_backend_dev_memory.restype = None
+    return lib
+
+
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _native_log(level: int, text: bytes, user_data: Any) -> None:
     # llama.cpp's INFO and WARN lines are load chatter; only its errors are ours to show.
@@ -111,6 +163,9 @@ def _backend() -> None:
 
 class LlamaCppEngine:
     """Loads GGUF files with llama.cpp; each loaded model batches its requests on one thread."""
+
+    def gpus(self) -> list[GPU]:
+        return gpus()
 
     async def load(self, spec: ModelSpec, options: LoadOptions) -> LlamaCppModel:
         if spec.problem:
@@ -138,10 +193,6 @@ class LlamaCppModel:
     @property
     def size(self) -> int:
         return self._b.size
-
-    @property
-    def size_vram(self) -> int:
-        return self._b.size if gpu_offload_supported() and self._b.options.num_gpu != 0 else 0
 
     async def tokenize(self, text: str) -> list[int]:
         return await self._b.off_thread(self._b.tokenize, text)

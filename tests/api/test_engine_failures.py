@@ -12,6 +12,7 @@ from bridge.domain import LoadOptions, ModelSpec
 from bridge.engine.base import LoadedModel
 from bridge.engine.llamacpp import LlamaCppEngine
 from bridge.errors import ModelLoadFailed
+from bridge.hardware import GPU
 from tests.conftest import SMOL, Start, settings_for
 from tests.store import Store
 
@@ -20,6 +21,9 @@ class RefusingEngine:
     """An engine whose loads fail, as llama.cpp does for an unsupported architecture."""
 
     loads = 0
+
+    def gpus(self) -> list[GPU]:
+        return []
 
     async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:
         RefusingEngine.loads += 1
@@ -61,6 +65,9 @@ class SlowEngine:
 
     started: asyncio.Event
     release: asyncio.Event
+
+    def gpus(self) -> list[GPU]:
+        return []
 
     async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:
         SlowEngine.started.set()

@@ -52,8 +52,8 @@ async def ps(request: web.Request) -> web.Response:
         expires = r.expires_at if r.expires_at is not None else now + r.keep_alive
         entry = wire.ps_entry(
             r.spec,
-            size=max(r.need, r.model.size),
-            size_vram=r.model.size_vram,
+            size=max(r.placement.size, r.model.size),
+            size_vram=min(r.placement.vram, max(r.placement.size, r.model.size)),
             context_length=r.model.n_ctx,
             expires_at=expires,
         )

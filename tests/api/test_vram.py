@@ -1,0 +1,154 @@
+"""VRAM budgeting apart from RAM: layers offloaded as far as they fit, idle models evicted to
+make room on the GPU, busy ones kept (the newcomer then runs partly on the CPU).
+
+The engine is the real one on a machine that reports one GPU of a given size (the engine
+factory seam): what is tested is the scheduler's placement, which /api/ps and the layer count
+each load receives show. On a CPU-only build llama.cpp keeps those layers in RAM; the real
+offload is checked on a GPU by `bench/gpu_check.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+import orjson
+import pytest
+
+from bridge.domain import LoadOptions, ModelSpec
+from bridge.engine.base import LoadedModel
+from bridge.engine.llamacpp import LlamaCppEngine
+from bridge.hardware import GPU
+from tests.conftest import Start, settings_for
+
+MIB = 1024**2
+GIB = 1024**3
+ALL = 31  # SmolLM2: 30 blocks + the output layer
+# SmolLM2 at num_ctx 4096, parallel 1: the estimate /api/ps shows (weights, KV, compute).
+SMOL_NEED = 368_895_040
+
+
+class OneGPU(LlamaCppEngine):
+    """The real engine on a machine with one GPU of `free` bytes (`total`, if set)."""
+
+    free: ClassVar[int] = 0
+    total: ClassVar[int] = 0
+    layers: ClassVar[list[int]] = []  # num_gpu of each load, in order
+
+    def gpus(self) -> list[GPU]:
+        return [GPU("CUDA0", "Test GPU", OneGPU.free, OneGPU.total or OneGPU.free)]
+
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:  # type: ignore[override]
+        OneGPU.layers.append(options.num_gpu)
+        return await super().load(spec, options)
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, smollm2: Path) -> Path:
+    d = tmp_path / "many"
+    d.mkdir()
+    for name in ("alpha", "beta"):
+        (d / f"{name}.gguf").symlink_to(smollm2)
+    return d
+
+
+@pytest.fixture
+async def gpu_server(start: Start, models_dir: Path) -> AsyncIterator[Any]:
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(free: int, total: int = 0, **settings: Any) -> httpx.AsyncClient:
+        OneGPU.free, OneGPU.total, OneGPU.layers = free, total, []
+        server = await start(settings_for(None, models_dir, **settings), engine_factory=OneGPU)
+        clients.append(httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60))
+        return clients[-1]
+
+    yield make
+    for c in clients:
+        await c.aclose()
+
+
+async def ps(http: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
+    return {m["name"]: m for m in (await http.get("/api/ps")).json()["models"]}
+
+
+async def load(http: httpx.AsyncClient, model: str, **body: Any) -> None:
+    r = await http.post("/api/generate", json={"model": model, **body})
+    assert r.status_code == 200, r.text
+    assert r.json()["done_reason"] == "load"
+
+
+async def test_a_model_that_fits_goes_wholly_to_the_gpu(gpu_server: Any) -> None:
+    http = await gpu_server(free=8 * GIB)
+    await load(http, "alpha")
+    alpha = (await ps(http))["alpha:latest"]
+    assert alpha["size_vram"] == alpha["size"] == SMOL_NEED  # `ollama ps`: 100% GPU
+    assert alpha["context_length"] == 4096  # under 23 GiB of VRAM, Ollama's default
+    assert OneGPU.layers == [ALL]
+
+
+async def test_default_context_follows_the_vram_tier(gpu_server: Any) -> None:
+    # 32768 from 23 GiB of VRAM, capped at SmolLM2's trained 8192.
+    http = await gpu_server(free=20 * GIB, total=24 * GIB)
+    await load(http, "alpha")
+    assert (await ps(http))["alpha:latest"]["context_length"] == 8192
+    # OLLAMA_CONTEXT_LENGTH still wins.
+    http = await gpu_server(free=20 * GIB, total=24 * GIB, context_length=2048)
+    await load(http, "alpha")
+    assert (await ps(http))["alpha:latest"]["context_length"] == 2048
+
+
+async def test_what_does_not_fit_runs_partly_on_the_cpu(gpu_server: Any) -> None:
+    # OLLAMA_GPU_OVERHEAD keeps all but 300 MiB of the GPU for others.
+    http = await gpu_server(free=8 * GIB, gpu_overhead=8 * GIB - 300 * MIB)
+    await load(http, "alpha")
+    alpha = (await ps(http))["alpha:latest"]
+    assert 0 < alpha["size_vram"] <= 300 * MIB < alpha["size"]
+    assert 0 < OneGPU.layers[0] < ALL
+    r = await http.post(
+        "/api/generate",
+        json={"model": "alpha", "prompt": "Hi", "stream": False, "options": {"num_predict": 3}},
+    )
+    assert r.json()["eval_count"] == 3
+
+
+async def test_num_gpu_zero_keeps_everything_in_ram_and_reloads(gpu_server: Any) -> None:
+    http = await gpu_server(free=8 * GIB)
+    await load(http, "alpha", options={"num_gpu": 0})
+    assert (await ps(http))["alpha:latest"]["size_vram"] == 0
+    await load(http, "alpha", options={"num_gpu": 0})  # the same: no reload
+    await load(http, "alpha")  # automatic again: a different load-time option
+    assert (await ps(http))["alpha:latest"]["size_vram"] == SMOL_NEED
+    assert OneGPU.layers == [0, ALL]
+
+
+async def test_an_idle_model_leaves_the_gpu_for_a_new_one(gpu_server: Any) -> None:
+    # Room on the GPU for one SmolLM2, not two; RAM and the model count are no limit.
+    http = await gpu_server(free=600 * MIB)
+    await load(http, "alpha", keep_alive="1h")
+    await load(http, "beta", keep_alive="10m")
+    models = await ps(http)
+    assert list(models) == ["beta:latest"]
+    assert models["beta:latest"]["size_vram"] == SMOL_NEED
+    assert OneGPU.layers == [ALL, ALL]
+
+
+async def test_a_busy_model_keeps_its_vram_and_the_new_one_runs_partly_on_the_cpu(
+    gpu_server: Any,
+) -> None:
+    http = await gpu_server(free=600 * MIB)
+    body = {"model": "alpha", "prompt": "Write an endless story.", "options": {"num_predict": -1}}
+    async with http.stream("POST", "/api/generate", json=body) as r:
+        it = r.aiter_lines()
+        assert orjson.loads(await anext(it))["done"] is False
+        # beta does not wait for alpha: it loads at once with the layers that still fit.
+        await asyncio.wait_for(load(http, "beta"), timeout=60)
+        assert orjson.loads(await anext(it))["done"] is False
+        models = await ps(http)
+    assert set(models) == {"alpha:latest", "beta:latest"}
+    assert models["alpha:latest"]["size_vram"] == SMOL_NEED
+    beta = models["beta:latest"]
+    assert 0 < beta["size_vram"] <= 600 * MIB - SMOL_NEED
+    assert OneGPU.layers[0] == ALL and 0 < OneGPU.layers[1] < ALL

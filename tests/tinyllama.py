@@ -36,9 +36,17 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
 
 
 def write_tiny_llama(
-    path: str | os.PathLike[str], *, dtype: str = "f16", chat_template: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    dtype: str = "f16",
+    chat_template: str | None = None,
+    n_layer: int = N_LAYER,
+    n_embd: int = N_EMBD,
+    n_ff: int = N_FF,
+    context: int = 256,
 ) -> Path:
-    """Write the model; `dtype` is "f16", "f32" or "bf16"-like "f16" storage of the matrices."""
+    """Write the model; `dtype` is "f16" or "f32" storage of the matrices. Larger shapes make
+    a model of real size (bench/gpu_check.py) that still says nothing sensible."""
     out = Path(path)
     rng = np.random.default_rng(0)
     tokens, scores, types = _vocab()
@@ -46,14 +54,14 @@ def write_tiny_llama(
     w = GGUFWriter(out, "llama")
     try:
         w.add_name("tinyllama")
-        w.add_context_length(256)
-        w.add_embedding_length(N_EMBD)
-        w.add_block_count(N_LAYER)
-        w.add_feed_forward_length(N_FF)
+        w.add_context_length(context)
+        w.add_embedding_length(n_embd)
+        w.add_block_count(n_layer)
+        w.add_feed_forward_length(n_ff)
         w.add_head_count(N_HEAD)
         w.add_head_count_kv(N_HEAD)
         w.add_layer_norm_rms_eps(1e-5)
-        w.add_rope_dimension_count(N_EMBD // N_HEAD)
+        w.add_rope_dimension_count(n_embd // N_HEAD)
         w.add_vocab_size(n_vocab)
         w.add_file_type(LlamaFileType.ALL_F32 if dtype == "f32" else LlamaFileType.MOSTLY_F16)
         w.add_tokenizer_model("llama")
@@ -69,20 +77,20 @@ def write_tiny_llama(
         mat = np.float32 if dtype == "f32" else np.float16
 
         def matrix(rows: int, cols: int) -> npt.NDArray[Any]:
-            return (rng.standard_normal((rows, cols)) * 0.02).astype(mat)
+            return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(mat)
 
-        w.add_tensor("token_embd.weight", matrix(n_vocab, N_EMBD))
-        for i in range(N_LAYER):
+        w.add_tensor("token_embd.weight", matrix(n_vocab, n_embd))
+        for i in range(n_layer):
             p = f"blk.{i}."
-            w.add_tensor(p + "attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+            w.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
             for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-                w.add_tensor(p + name + ".weight", matrix(N_EMBD, N_EMBD))
-            w.add_tensor(p + "ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-            w.add_tensor(p + "ffn_gate.weight", matrix(N_FF, N_EMBD))
-            w.add_tensor(p + "ffn_up.weight", matrix(N_FF, N_EMBD))
-            w.add_tensor(p + "ffn_down.weight", matrix(N_EMBD, N_FF))
-        w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor("output.weight", matrix(n_vocab, N_EMBD))
+                w.add_tensor(p + name + ".weight", matrix(n_embd, n_embd))
+            w.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+            w.add_tensor(p + "ffn_gate.weight", matrix(n_ff, n_embd))
+            w.add_tensor(p + "ffn_up.weight", matrix(n_ff, n_embd))
+            w.add_tensor(p + "ffn_down.weight", matrix(n_embd, n_ff))
+        w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor("output.weight", matrix(n_vocab, n_embd))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()

@@ -147,6 +147,7 @@ class Direct:
             n_threads=args.threads,
             n_threads_batch=args.threads,
             flash_attn=False,
+            n_gpu_layers=args.gpu_layers,
             verbose=False,
         )
         self.vocab = self.llm._model.vocab
@@ -294,6 +295,7 @@ class Bridge(Server):
             "num_ctx": args.ctx,
             "num_batch": args.batch,
             "num_thread": args.threads,
+            "num_gpu": args.gpu_layers,
         }
         body = {"model": self.model, "prompt": prompt, "raw": True, "options": options}
         s = Stream(sent=time.perf_counter())
@@ -329,6 +331,7 @@ class LcppServer(Server):
         # By default a new request interrupts the one running; let them queue instead, so
         # that every stream runs to the end and throughputs compare.
         cmd += ["--flash_attn", "false", "--verbose", "false", "--interrupt_requests", "false"]
+        cmd += ["--n_gpu_layers", str(args.gpu_layers)]
         super().__init__(cmd, dict(os.environ), port, work / "lcpp-server.log")
 
     async def start(self) -> None:
@@ -359,6 +362,7 @@ class LlamaServer(Server):
         cmd += ["-c", str(args.ctx * args.parallel), "-np", str(args.parallel)]
         cmd += ["-b", str(args.batch), "-ub", str(args.batch)]
         cmd += ["-t", str(args.threads), "-tb", str(args.threads), "-fa", "off"]
+        cmd += ["-ngl", str(args.gpu_layers)]
         super().__init__(cmd, dict(os.environ), port, work / "llama-server.log")
 
     async def start(self) -> None:
@@ -446,7 +450,7 @@ async def measure(c: Contender, prompts: list[str], args: argparse.Namespace, rn
 def llama_bench(exe: str, path: str, args: argparse.Namespace, reps: int = 5) -> float | None:
     """llama-bench's text-generation tokens/s for the same model and threads (fa off)."""
     cmd = [exe, "-m", path, "-t", str(args.threads), "-p", "0", "-n", str(args.tokens)]
-    cmd += ["-fa", "off", "-r", str(reps), "-o", "json"]
+    cmd += ["-fa", "off", "-r", str(reps), "-o", "json", "-ngl", str(args.gpu_layers)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         print(f"llama-bench failed ({out.returncode}): {out.stderr[-500:]}", file=sys.stderr)
@@ -680,6 +684,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="0 = physical cores")
     p.add_argument("--ctx", type=int, default=2048, help="context per stream")
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument(
+        "--gpu-layers", type=int, default=0, help="layers offloaded on a GPU build (99 = all)"
+    )
     p.add_argument("--quiet-wait", type=float, default=20.0, help="max seconds to wait for quiet")
     p.add_argument(
         "--only",

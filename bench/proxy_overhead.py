@@ -161,6 +161,43 @@ def _serve(port: multiprocessing.Queue[int], cpu: int | None) -> None:
     asyncio.run(main())
 
 
+def _floor(port: multiprocessing.Queue[int], upstream_port: int) -> None:
+    """The least any aiohttp proxy does: read the request, post its bytes upstream on a pooled
+    client session, stream the reply's bytes back. No routing, no parsing, no re-encoding: what
+    bridge's fixed stack (aiohttp server, aiohttp client) costs before bridge does anything."""
+    from aiohttp import ClientSession, TCPConnector, web
+
+    async def main() -> None:
+        session = ClientSession(connector=TCPConnector(limit=200))
+        upstream = f"http://127.0.0.1:{upstream_port}"
+
+        async def forward(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            headers = {"content-type": "application/json"}
+            async with session.post(upstream + request.path, data=body, headers=headers) as up:
+                resp = web.StreamResponse(
+                    status=up.status, headers={"content-type": up.headers["content-type"]}
+                )
+                await resp.prepare(request)
+                async for piece in up.content.iter_any():
+                    await resp.write(piece)
+                await resp.write_eof()
+                return resp
+
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", forward)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        port.put(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 # --- clients ---------------------------------------------------------------------------------
 
 
@@ -341,22 +378,33 @@ async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, 
     rows: list[dict[str, Any]] = []
     async with client:
         if args.e2e:
+            # bridge serve, then the bare aiohttp pass-through (the floor of the stack): each
+            # idle while the other is measured.
             proc, bridge_url = start_bridge(port, tmp)
+            ctx = multiprocessing.get_context("spawn")
+            queue: multiprocessing.Queue[int] = ctx.Queue()
+            floor = ctx.Process(target=_floor, args=(queue, port), daemon=True)
+            floor.start()
+            floor_url = f"http://127.0.0.1:{queue.get(timeout=30)}"
+            proxies = (("end to end", bridge_url), ("aiohttp floor", floor_url))
             try:
                 for clients in (1, 50):
                     for what, n in (("per request", 1), ("per chunk", args.chunks)):
-                        d, b = await compare(
-                            direct(client, base + "/api/chat", "ollama", n),
-                            direct(client, bridge_url + "/api/chat", "ollama", n),
-                            clients,
-                            args.requests if n == 1 else args.requests // 4,
-                            args.blocks,
-                        )
-                        rows.append(row(what, "ollama (end to end)", clients, n, d, b))
-                        print(_line(rows[-1]), flush=True)
+                        for label, url in proxies:
+                            d, b = await compare(
+                                direct(client, base + "/api/chat", "ollama", n),
+                                direct(client, url + "/api/chat", "ollama", n),
+                                clients,
+                                args.requests if n == 1 else args.requests // 4,
+                                args.blocks,
+                            )
+                            rows.append(row(what, f"ollama ({label})", clients, n, d, b))
+                            print(_line(rows[-1]), flush=True)
             finally:
                 proc.terminate()
                 proc.wait()
+                floor.terminate()
+                floor.join()
             return rows
         for kind in ("ollama", "openai"):
             url = base + ("/api/chat" if kind == "ollama" else "/v1/chat/completions")
@@ -432,7 +480,11 @@ def main() -> None:
         server.terminate()
         server.join()
 
-    worst = [r for r in rows if r["what"] == "per request" and r["clients"] == 50]
+    worst = [
+        r
+        for r in rows
+        if r["what"] == "per request" and r["clients"] == 50 and "floor" not in r["upstream"]
+    ]
     ok = all(r["added_p50_ms"] < TARGET_P50_MS and r["added_p99_ms"] < TARGET_P99_MS for r in worst)
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

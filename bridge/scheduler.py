@@ -89,7 +89,8 @@ class Scheduler:
     ) -> None:
         self._engine = engine
         self._default_keep_alive = default_keep_alive
-        self._max_loaded = max_loaded if max_loaded > 0 else 3
+        self._max_loaded = max_loaded if max_loaded > 0 else 3  # 3 per GPU once they are known
+        self._max_loaded_set = max_loaded > 0
         self._max_queue = max_queue
         self._budget = memory_budget  # 0 = no limit
         self._gpu_overhead = gpu_overhead  # bytes of each GPU left alone (OLLAMA_GPU_OVERHEAD)
@@ -116,6 +117,8 @@ class Scheduler:
     async def _read_gpus(self) -> Sequence[GPU]:
         found = await asyncio.to_thread(self._engine.gpus)
         self._vram = sum(max(0, g.free - self._gpu_overhead) for g in found)
+        if not self._max_loaded_set:  # OLLAMA_MAX_LOADED_MODELS 0: 3 x the GPUs, or 3
+            self._max_loaded = 3 * max(1, len(found))
         for g in found:
             log.info(
                 "GPU %s (%s): %s free of %s", g.name, g.description, human(g.free), human(g.total)

@@ -32,14 +32,20 @@ SMOL_NEED = 368_895_040
 
 
 class OneGPU(LlamaCppEngine):
-    """The real engine on a machine with one GPU of `free` bytes (`total`, if set)."""
+    """The real engine on a machine with `count` GPUs (one unless said) of `free` bytes each
+    (`total`, if set)."""
 
     free: ClassVar[int] = 0
     total: ClassVar[int] = 0
     layers: ClassVar[list[int]] = []  # num_gpu of each load, in order
 
+    count: ClassVar[int] = 1
+
     def gpus(self) -> list[GPU]:
-        return [GPU("CUDA0", "Test GPU", OneGPU.free, OneGPU.total or OneGPU.free)]
+        return [
+            GPU(f"CUDA{i}", "Test GPU", OneGPU.free, OneGPU.total or OneGPU.free)
+            for i in range(OneGPU.count)
+        ]
 
     async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:  # type: ignore[override]
         OneGPU.layers.append(options.num_gpu)
@@ -59,8 +65,8 @@ def models_dir(tmp_path: Path, smollm2: Path) -> Path:
 async def gpu_server(start: Start, models_dir: Path) -> AsyncIterator[Any]:
     clients: list[httpx.AsyncClient] = []
 
-    async def make(free: int, total: int = 0, **settings: Any) -> httpx.AsyncClient:
-        OneGPU.free, OneGPU.total, OneGPU.layers = free, total, []
+    async def make(free: int, total: int = 0, count: int = 1, **settings: Any) -> httpx.AsyncClient:
+        OneGPU.free, OneGPU.total, OneGPU.layers, OneGPU.count = free, total, [], count
         server = await start(settings_for(None, models_dir, **settings), engine_factory=OneGPU)
         clients.append(httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60))
         return clients[-1]
@@ -152,3 +158,18 @@ async def test_a_busy_model_keeps_its_vram_and_the_new_one_runs_partly_on_the_cp
     beta = models["beta:latest"]
     assert 0 < beta["size_vram"] <= 600 * MIB - SMOL_NEED
     assert OneGPU.layers[0] == ALL and 0 < OneGPU.layers[1] < ALL
+
+
+async def test_three_models_per_gpu_by_default(gpu_server: Any, models_dir: Path) -> None:
+    # OLLAMA_MAX_LOADED_MODELS unset: 3 x the GPUs. With one GPU the fourth model evicts one.
+    for i in (2, 3):
+        (models_dir / f"m{i}.gguf").symlink_to((models_dir / "alpha.gguf").resolve())
+    names = ["alpha", "beta", "m2", "m3"]
+    http = await gpu_server(free=16 * GIB)
+    for name in names:
+        await load(http, name)
+    assert len(await ps(http)) == 3
+    http = await gpu_server(free=16 * GIB, count=2)
+    for name in names:
+        await load(http, name)
+    assert len(await ps(http)) == 4

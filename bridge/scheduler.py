@@ -95,7 +95,8 @@ class Scheduler:
         self._budget = memory_budget  # 0 = no limit
         self._gpu_overhead = gpu_overhead  # bytes of each GPU left alone (OLLAMA_GPU_OVERHEAD)
         self._gpus: asyncio.Task[Sequence[GPU]] | None = None
-        self._vram = 0  # bytes the GPUs give loaded models (0: none, or a CPU-only build)
+        self._vram = 0  # bytes the GPUs give loaded models
+        self._offload = False  # whether there are GPUs (a GPU build that found one)
         self._cooldown = load_cooldown
         self._runners: dict[str, Runner] = {}
         self._loading: dict[str, asyncio.Task[Runner]] = {}
@@ -117,6 +118,7 @@ class Scheduler:
     async def _read_gpus(self) -> Sequence[GPU]:
         found = await asyncio.to_thread(self._engine.gpus)
         self._vram = sum(max(0, g.free - self._gpu_overhead) for g in found)
+        self._offload = bool(found)
         if not self._max_loaded_set:  # OLLAMA_MAX_LOADED_MODELS 0: 3 x the GPUs, or 3
             self._max_loaded = 3 * max(1, len(found))
         for g in found:
@@ -127,8 +129,8 @@ class Scheduler:
 
     @property
     def offloads(self) -> bool:
-        """Whether models get layers on a GPU (known once `gpus` has answered)."""
-        return self._vram > 0
+        """Whether models may get layers on a GPU (known once `gpus` has answered)."""
+        return self._offload
 
     def running(self) -> list[Runner]:
         """Loaded models, latest expiry first (in use counts as furthest away), as /api/ps sorts."""
@@ -218,7 +220,8 @@ class Scheduler:
                 )
             placement = await self._make_room(req, best)
             options = req.options
-            if req.plan is not None and self._vram:
+            if req.plan is not None and self._offload:
+                # The layers that fit (0 when the GPUs are full: never llama.cpp's "all").
                 options = dataclasses.replace(options, num_gpu=placement.gpu_layers)
             try:
                 model = await self._engine.load(req.spec, options)

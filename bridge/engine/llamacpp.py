@@ -519,6 +519,8 @@ class _Batcher:
         cp = llama_cpp.llama_context_default_params()
         cp.n_threads = cp.n_threads_batch = threads
         cp.no_perf = True
+        if o.num_gpu == 0:  # CPU only: no big matrix products sent to a GPU either
+            cp.op_offload = False
         # Off, as llama-cpp-python's Llama had it: replies stay token-for-token what they were
         # (on a CPU, flash attention is ~15% faster but changes the numerics).
         cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED

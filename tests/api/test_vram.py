@@ -173,3 +173,11 @@ async def test_three_models_per_gpu_by_default(gpu_server: Any, models_dir: Path
     for name in names:
         await load(http, name)
     assert len(await ps(http)) == 4
+
+
+async def test_a_full_gpu_gets_no_layers(gpu_server: Any) -> None:
+    # All of the GPU's memory kept for others: nothing is offloaded (never llama.cpp's "all").
+    http = await gpu_server(free=4 * GIB, gpu_overhead=4 * GIB)
+    await load(http, "alpha")
+    assert (await ps(http))["alpha:latest"]["size_vram"] == 0
+    assert OneGPU.layers == [0]

@@ -164,22 +164,33 @@ async def run(model: Path, workdir: Path, report: dict[str, Any]) -> None:
         }
         print("evict:", report["evict"], flush=True)
 
+        # Three clients keep second busy (one generates, two wait for its slot), so that it
+        # is never idle, whatever the model's replies' lengths.
         body = {
             "model": "second",
-            "prompt": "Write an endless story.",
+            "prompt": "Write a long story.",
             "keep_alive": -1,
-            "options": {"num_predict": 100000},
+            "options": {"num_predict": 256},
         }
-        async with http.stream("POST", "/api/generate", json=body) as r:
-            lines = r.aiter_lines()
-            await anext(lines)
-            before = await settle()
-            started = time.perf_counter()
-            tps = await generate(http, "first")
-            waited = time.perf_counter() - started
-            await anext(lines)  # still streaming
-            used = await settle()
-            loaded = await ps(http)
+        streaming = asyncio.Event()
+        done = asyncio.Event()
+
+        async def keep_busy() -> None:
+            while not done.is_set():
+                async with http.stream("POST", "/api/generate", json=body) as r:
+                    async for _ in r.aiter_lines():
+                        streaming.set()
+
+        workers = [asyncio.create_task(keep_busy()) for _ in range(3)]
+        await streaming.wait()
+        before = await settle()
+        started = time.perf_counter()
+        tps = await generate(http, "first")
+        waited = time.perf_counter() - started
+        used = await settle()
+        loaded = await ps(http)
+        done.set()
+        await asyncio.gather(*workers)
         report["busy"] = {
             "loaded": sorted(loaded),
             "second_still_full": loaded[b]["size_vram"] == loaded[b]["size"],

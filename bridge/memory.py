@@ -15,6 +15,9 @@ from bridge.models.gguf_info import GGUFInfo, TensorInfo
 
 _GIB = 1024**3
 _LAYER = re.compile(r"blk\.(\d+)\.")
+# What a model's GPU context takes beyond its buffers (cuBLAS workspace, the CUDA pools), as
+# measured on an H200 with bench/gpu_check.py: 100 to 190 MB.
+GPU_OVERHEAD = 256 * 1024**2
 
 
 def _num(meta: Mapping[str, Any], key: str, default: int) -> int:
@@ -27,11 +30,14 @@ def _num(meta: Mapping[str, Any], key: str, default: int) -> int:
 @dataclass(frozen=True, slots=True)
 class Placement:
     """Where a model's memory goes: `size` bytes in all, `vram` of them on the GPUs, with
-    `gpu_layers` as llama.cpp's n_gpu_layers (0 = CPU only; block_count + 1 = everything)."""
+    `gpu_layers` as llama.cpp's n_gpu_layers (0 = CPU only; block_count + 1 = everything).
+    `booked` is what it takes of the GPUs' budget (`vram` says "all" for a model wholly
+    offloaded, as Ollama shows it, though its token embeddings stay in RAM)."""
 
     size: int
     vram: int = 0
     gpu_layers: int = 0
+    booked: int = 0
 
     @property
     def ram(self) -> int:
@@ -71,7 +77,8 @@ class MemoryPlan:
         kv = kv_bytes(info, opts) // blocks if blocks else 0
         # Offloaded from the last block backwards, after the output layer.
         self._layers = [output] + [b + kv for b in reversed(per_layer)]
-        self._fixed = compute_bytes(info, opts) + extra_bytes
+        self._compute = compute_bytes(info, opts)
+        self._fixed = GPU_OVERHEAD + self._compute + extra_bytes
 
     @property
     def output_bytes(self) -> int:
@@ -87,16 +94,28 @@ class MemoryPlan:
             return Placement(self.size)
         if self._requested >= 0:
             n = min(self._requested, self.max_layers)
+        elif self._on_gpu(self.max_layers) <= vram:
+            n = self.max_layers
         else:
-            n, used = 0, self._fixed
-            for layer in self._layers:
-                if used + layer > vram:
-                    break
-                n, used = n + 1, used + layer
+            n = 0
+            while n + 1 < self.max_layers and self._on_gpu(n + 1) <= vram:
+                n += 1
+        if n == 0:
+            return Placement(self.size)
+        on_gpu = self._on_gpu(n)
+        # Offloading adds the GPU context's overhead and, for a split, a second compute buffer.
+        size = self.size + GPU_OVERHEAD + (self._compute if n < self.max_layers else 0)
         if n == self.max_layers:  # all of it: shown as "100% GPU", as Ollama shows it
-            return Placement(self.size, self.size, n)
-        on_gpu = self._fixed + sum(self._layers[:n]) if n else 0
-        return Placement(self.size, min(on_gpu, self.size), n)
+            return Placement(size, size, n, on_gpu)
+        return Placement(size, on_gpu, n, on_gpu)
+
+    def _on_gpu(self, n: int) -> int:
+        if n == 0:
+            return 0
+        # Split between devices, llama.cpp also runs the big products of the layers left on
+        # the CPU on the GPU (op offload): a second compute buffer's worth there.
+        partial = self._compute if n < self.max_layers else 0
+        return self._fixed + partial + sum(self._layers[:n])
 
 
 def _nbytes(t: TensorInfo) -> int:
@@ -127,16 +146,15 @@ def kv_bytes(info: GGUFInfo, opts: LoadOptions) -> int:
 
 
 def compute_bytes(info: GGUFInfo, opts: LoadOptions) -> int:
-    """llama.cpp's graph buffers: the logits of one batch and the attention scores of one batch
-    against the whole context dominate them."""
+    """llama.cpp's graph buffers: the logits of one batch and, without flash attention, the
+    attention scores of one batch against a sequence's whole context dominate them."""
     meta = info.metadata
     arch = info.architecture
     n_head = max(1, _num(meta, f"{arch}.attention.head_count", 32))
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = _num(meta, f"{arch}.vocab_size", getattr(tokens, "count", 32000))
-    n_ctx = opts.num_ctx * max(1, opts.parallel)
-    batch = min(opts.num_batch, n_ctx)
-    return 4 * batch * (n_vocab + n_head * min(n_ctx, 4096))
+    batch = min(opts.num_batch, opts.num_ctx * max(1, opts.parallel))
+    return 4 * batch * (n_vocab + n_head * opts.num_ctx)
 
 
 def available_memory() -> int:

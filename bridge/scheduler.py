@@ -252,7 +252,7 @@ class Scheduler:
     async def _make_room(self, req: LoadRequest, best: Placement) -> Placement:
         """Evict idle models until `req` fits; returns where its memory goes."""
         while True:
-            vram_used = sum(r.placement.vram for r in self._runners.values())
+            vram_used = sum(r.placement.booked for r in self._runners.values())
             placement = req.at(max(0, self._vram - vram_used))
             ram_used = sum(r.placement.ram for r in self._runners.values())
             short = len(self._runners) >= self._max_loaded or bool(
@@ -263,7 +263,7 @@ class Scheduler:
                 return placement
             idle = [r for r in self._runners.values() if r.refs == 0 and not r.pinned]
             if not short:  # only the GPUs are short: only a model that holds VRAM helps
-                idle = [r for r in idle if r.placement.vram > 0]
+                idle = [r for r in idle if r.placement.booked > 0]
             if idle:
                 victim = min(idle, key=lambda r: (r.keep_alive, r.last_used))
                 await self._unload(victim, "evicted to make room")

@@ -22,13 +22,34 @@ from bridge.domain import LoadOptions, ModelSpec
 from bridge.engine.base import LoadedModel
 from bridge.engine.llamacpp import LlamaCppEngine
 from bridge.hardware import GPU
+from bridge.memory import MemoryPlan, Placement
+from bridge.models.gguf_info import read_gguf
 from tests.conftest import Start, settings_for
+from tests.store import smollm2_path
 
-MIB = 1024**2
 GIB = 1024**3
 ALL = 31  # SmolLM2: 30 blocks + the output layer
-# SmolLM2 at num_ctx 4096, parallel 1: the estimate /api/ps shows (weights, KV, compute).
-SMOL_NEED = 368_895_040
+# A small context and batch, so that SmolLM2's layers, not its compute buffer, are most of
+# what it puts on a GPU: then a split between GPU and CPU is possible.
+SMALL = {"num_ctx": 512, "num_batch": 64}
+
+
+def smol(**opts: int) -> MemoryPlan:
+    """The plan the server makes for SmolLM2 (its estimates are what /api/ps shows)."""
+    path = smollm2_path()
+    return MemoryPlan(
+        read_gguf(str(path)),
+        LoadOptions(**opts),
+        file_bytes=path.stat().st_size,
+        extra_bytes=0,
+        offload=True,
+    )
+
+
+FULL = smol(num_ctx=4096).at(10**15)
+SMALL_FULL = smol(**SMALL).at(10**15)
+# The largest split below a whole model.
+SPLIT: Placement = smol(**SMALL).at(SMALL_FULL.booked - 1)
 
 
 class OneGPU(LlamaCppEngine):
@@ -90,7 +111,7 @@ async def test_a_model_that_fits_goes_wholly_to_the_gpu(gpu_server: Any) -> None
     http = await gpu_server(free=8 * GIB)
     await load(http, "alpha")
     alpha = (await ps(http))["alpha:latest"]
-    assert alpha["size_vram"] == alpha["size"] == SMOL_NEED  # `ollama ps`: 100% GPU
+    assert alpha["size_vram"] == alpha["size"] == FULL.size  # `ollama ps`: 100% GPU
     assert alpha["context_length"] == 4096  # under 23 GiB of VRAM, Ollama's default
     assert OneGPU.layers == [ALL]
 
@@ -107,15 +128,22 @@ async def test_default_context_follows_the_vram_tier(gpu_server: Any) -> None:
 
 
 async def test_what_does_not_fit_runs_partly_on_the_cpu(gpu_server: Any) -> None:
-    # OLLAMA_GPU_OVERHEAD keeps all but 300 MiB of the GPU for others.
-    http = await gpu_server(free=8 * GIB, gpu_overhead=8 * GIB - 300 * MIB)
-    await load(http, "alpha")
+    assert 0 < SPLIT.gpu_layers < ALL
+    # OLLAMA_GPU_OVERHEAD keeps all but that split's need of the GPU for others.
+    http = await gpu_server(free=8 * GIB, gpu_overhead=8 * GIB - SPLIT.booked)
+    await load(http, "alpha", options=SMALL)
     alpha = (await ps(http))["alpha:latest"]
-    assert 0 < alpha["size_vram"] <= 300 * MIB < alpha["size"]
-    assert 0 < OneGPU.layers[0] < ALL
+    assert (alpha["size_vram"], alpha["size"]) == (SPLIT.vram, SPLIT.size)
+    assert 0 < alpha["size_vram"] < alpha["size"]
+    assert OneGPU.layers == [SPLIT.gpu_layers]
     r = await http.post(
         "/api/generate",
-        json={"model": "alpha", "prompt": "Hi", "stream": False, "options": {"num_predict": 3}},
+        json={
+            "model": "alpha",
+            "prompt": "Hi",
+            "stream": False,
+            "options": {**SMALL, "num_predict": 3},
+        },
     )
     assert r.json()["eval_count"] == 3
 
@@ -126,38 +154,42 @@ async def test_num_gpu_zero_keeps_everything_in_ram_and_reloads(gpu_server: Any)
     assert (await ps(http))["alpha:latest"]["size_vram"] == 0
     await load(http, "alpha", options={"num_gpu": 0})  # the same: no reload
     await load(http, "alpha")  # automatic again: a different load-time option
-    assert (await ps(http))["alpha:latest"]["size_vram"] == SMOL_NEED
+    assert (await ps(http))["alpha:latest"]["size_vram"] == FULL.size
     assert OneGPU.layers == [0, ALL]
 
 
 async def test_an_idle_model_leaves_the_gpu_for_a_new_one(gpu_server: Any) -> None:
-    # Room on the GPU for one SmolLM2, not two; RAM and the model count are no limit.
-    http = await gpu_server(free=600 * MIB)
-    await load(http, "alpha", keep_alive="1h")
-    await load(http, "beta", keep_alive="10m")
+    # Room on the GPU for one SmolLM2 and a split, not two; RAM and the model count are no limit.
+    http = await gpu_server(free=SMALL_FULL.booked + SPLIT.booked)
+    await load(http, "alpha", keep_alive="1h", options=SMALL)
+    await load(http, "beta", keep_alive="10m", options=SMALL)
     models = await ps(http)
     assert list(models) == ["beta:latest"]
-    assert models["beta:latest"]["size_vram"] == SMOL_NEED
+    assert models["beta:latest"]["size_vram"] == SMALL_FULL.size
     assert OneGPU.layers == [ALL, ALL]
 
 
 async def test_a_busy_model_keeps_its_vram_and_the_new_one_runs_partly_on_the_cpu(
     gpu_server: Any,
 ) -> None:
-    http = await gpu_server(free=600 * MIB)
-    body = {"model": "alpha", "prompt": "Write an endless story.", "options": {"num_predict": -1}}
+    http = await gpu_server(free=SMALL_FULL.booked + SPLIT.booked)
+    body = {
+        "model": "alpha",
+        "prompt": "Write an endless story.",
+        "options": {**SMALL, "num_predict": -1},
+    }
     async with http.stream("POST", "/api/generate", json=body) as r:
         it = r.aiter_lines()
         assert orjson.loads(await anext(it))["done"] is False
         # beta does not wait for alpha: it loads at once with the layers that still fit.
-        await asyncio.wait_for(load(http, "beta"), timeout=60)
+        await asyncio.wait_for(load(http, "beta", options=SMALL), timeout=60)
         assert orjson.loads(await anext(it))["done"] is False
         models = await ps(http)
     assert set(models) == {"alpha:latest", "beta:latest"}
-    assert models["alpha:latest"]["size_vram"] == SMOL_NEED
+    assert models["alpha:latest"]["size_vram"] == SMALL_FULL.size
     beta = models["beta:latest"]
-    assert 0 < beta["size_vram"] <= 600 * MIB - SMOL_NEED
-    assert OneGPU.layers[0] == ALL and 0 < OneGPU.layers[1] < ALL
+    assert beta["size_vram"] == SPLIT.vram < beta["size"]
+    assert OneGPU.layers == [ALL, SPLIT.gpu_layers]
 
 
 async def test_three_models_per_gpu_by_default(gpu_server: Any, models_dir: Path) -> None:

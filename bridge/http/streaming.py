@@ -51,10 +51,14 @@ async def stream_response(
         try:
             if first is not None:
                 await response.write(encode(first))
-                # A one-token reply ends with its second item: no batching task for it.
-                second = await anext(items, None)
-                if second is not None:
-                    await response.write(encode(second))
+                # A short reply (a token, then the final record) goes out as it comes; a longer
+                # one gets the batching writer.
+                for _ in range(2):
+                    item = await anext(items, None)
+                    if item is None:
+                        break
+                    await response.write(encode(item))
+                else:
                     await _write_batched(response, items, encode)
             if trailer:
                 await response.write(trailer)

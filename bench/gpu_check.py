@@ -47,6 +47,29 @@ def gpu_memory() -> tuple[int, int]:
     return int(used) * MIB, int(total) * MIB
 
 
+_GPUS = (
+    "import json; from bridge.engine.llamacpp import gpus; "
+    "print(json.dumps([dict(name=g.name, description=g.description, free=g.free, total=g.total) "
+    "for g in gpus()]))"
+)
+
+
+def gpus() -> list[dict[str, Any]]:
+    """The GPUs as a fresh bridge process sees them at start-up (its free memory is what the
+    server's budget starts from). Asked in a child process, so that this one holds no GPU
+    context of its own."""
+    out = subprocess.run(
+        [sys.executable, "-c", _GPUS], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    found: list[dict[str, Any]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
+
+
+def overhead_for(budget: int) -> str:
+    """OLLAMA_GPU_OVERHEAD that leaves a new server `budget` bytes of GPU 0."""
+    return str(max(0, gpus()[0]["free"] - budget))
+
+
 class Server:
     def __init__(self, models: Path, log: Path, **env: str) -> None:
         self.port = free_port()
@@ -140,9 +163,8 @@ async def run(model: Path, workdir: Path, report: dict[str, Any]) -> None:
         print("full:", report["full"], flush=True)
 
     # partial: half the model's need is left on the GPU
-    total = gpu_memory()[1]
-    free_now = total - base
-    async with Server(models, log, OLLAMA_GPU_OVERHEAD=str(free_now - need // 2)) as http:
+    booked = need  # a wholly offloaded model shows its whole need as its VRAM
+    async with Server(models, log, OLLAMA_GPU_OVERHEAD=overhead_for(booked // 2)) as http:
         base = await settle()
         tps = await generate(http, "first")
         used = await settle()
@@ -151,8 +173,7 @@ async def run(model: Path, workdir: Path, report: dict[str, Any]) -> None:
         print("partial:", report["partial"], flush=True)
 
     # evict, then busy: room for one and a half models
-    room = str(free_now - need * 3 // 2)
-    async with Server(models, log, OLLAMA_GPU_OVERHEAD=room) as http:
+    async with Server(models, log, OLLAMA_GPU_OVERHEAD=overhead_for(booked * 3 // 2)) as http:
         base = await settle()
         await generate(http, "first")
         await generate(http, "second")
@@ -216,14 +237,7 @@ def main() -> None:
     args = ap.parse_args()
     if shutil.which("nvidia-smi") is None:
         sys.exit("nvidia-smi not found: this check needs an NVIDIA GPU")
-    sys.path.insert(0, str(REPO))
-    from bridge.engine.llamacpp import gpus
-
-    report: dict[str, Any] = {}
-    report["gpus"] = [
-        {"name": g.name, "description": g.description, "free": g.free, "total": g.total}
-        for g in gpus()
-    ]
+    report: dict[str, Any] = {"gpus": gpus()}
     print("gpus:", report["gpus"], flush=True)
     if not report["gpus"]:
         sys.exit("this llama-cpp-python build sees no GPU")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,26 @@ from aiohttp.test_utils import TestServer
 
 from bridge.app import create_app
 from bridge.config import Settings, load_settings
+from bridge.engine.llamacpp import gpus
+from bridge.hardware import context_tier
 from tests.store import Store, smollm2_path
 
 SMOL = "smollm2:135m"
 PARAMS = {"stop": ["<|im_start|>", "<|im_end|>"]}
 
 Start = Callable[..., Awaitable[TestServer]]
+
+
+@functools.cache
+def has_gpu() -> bool:
+    """Whether this machine's llama.cpp offloads to a GPU (never on CI)."""
+    return bool(gpus())
+
+
+def default_smol_ctx() -> int:
+    """The num_ctx SmolLM2 (trained on 8192) gets by default here: 4096 without a GPU, else
+    Ollama's VRAM tier."""
+    return min(8192, context_tier(gpus()))
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from bridge.cli import _parser
 from bridge.client import chat, run_command
 from bridge.client.api import Api
-from tests.conftest import PARAMS, SMOL, settings_for
+from tests.conftest import PARAMS, SMOL, default_smol_ctx, has_gpu, settings_for
 from tests.fake_registry import FakeRegistry
 from tests.ggufgen import write_tiny_gguf
 from tests.managekit import CHATML_JINJA, make_starter, read_manifest
@@ -94,7 +94,8 @@ async def test_ps_after_a_load_and_stop(cli: Cli, server: TestServer) -> None:
     lines = r.out.splitlines()
     assert lines[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
     assert lines[1].startswith("smollm2:135m    ")
-    assert "100% CPU" in lines[1] and "4096" in lines[1]
+    processor = "100% GPU" if has_gpu() else "100% CPU"
+    assert processor in lines[1] and str(default_smol_ctx()) in lines[1]
     assert re.search(r"(4|5) minutes from now", lines[1])
     assert (await cli("stop", SMOL)).rc == 0
     assert len((await cli("ps")).out.splitlines()) == 1  # the header only

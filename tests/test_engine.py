@@ -17,12 +17,18 @@ from bridge.domain import Chunk, Completion, LoadOptions, ModelSpec, Sampling
 from bridge.engine.batching import Slot, common_prefix, pick_slot, prompt_chunk, shorten
 from bridge.engine.llamacpp import LlamaCppEngine, LlamaCppModel
 from bridge.errors import CapabilityMissing, ContextLengthExceeded, EngineFailed
+from tests.conftest import has_gpu
 from tests.ggufgen import copy_with_keys
 from tests.store import smollm2_path
 
 UINT32 = GGUFValueType.UINT32
 
 GREEDY = Sampling(temperature=0, seed=1)
+# On a CPU a sequence's numbers do not depend on what else is in its batch or its cache, so a
+# stream's tokens are exactly those it gets alone. With CUDA, llama.cpp picks its kernels by
+# the batch's shape (seen on an H200: a stream differs from its lone run even queued behind
+# another, from the prompt cache alone); there the tests ask for whole, valid replies instead.
+EXACT = not has_gpu()
 SEEDED = Sampling(temperature=0.9, top_k=100, top_p=1.0, seed=42)
 
 
@@ -95,6 +101,10 @@ async def test_concurrent_streams_produce_what_each_produces_alone(model: LlamaC
     alone = [await run(model, p, sampling=s) for p, s in cases]
     together = await asyncio.gather(*(run(model, p, sampling=s) for p, s in cases))
     for (text_a, final_a), (text_b, final_b) in zip(alone, together, strict=True):
+        if not EXACT:
+            assert final_b.done and final_b.metrics is not None and text_b
+            assert final_b.metrics.eval_count > 0
+            continue
         assert tokens_of(final_b) == tokens_of(final_a)
         assert text_b == text_a
         assert final_b.done_reason == final_a.done_reason
@@ -121,7 +131,8 @@ async def test_cancelling_one_stream_leaves_the_others_intact(model: LlamaCppMod
     for event in generating:  # all three are in the batch now
         await event.wait()
     await doomed.aclose()  # type: ignore[attr-defined]
-    assert [await t for t in others] == expected
+    texts = [await t for t in others]
+    assert texts == expected if EXACT else all(texts)
     # The freed slot takes new work.
     _text, final = await run(model, PROMPTS[3], num_predict=4)
     assert final.done_reason == "length" and final.metrics is not None
@@ -165,7 +176,7 @@ async def test_a_grammar_stream_and_a_free_one_share_the_batch(model: LlamaCppMo
     )
     value = orjson.loads(constrained)
     assert set(value) == {"name", "age"} and isinstance(value["age"], int)
-    assert free == expected
+    assert free == expected if EXACT else free
     # They ran side by side: each produced tokens before the other was done.
     assert order.index("free") < order.index("json-done")
     assert order.index("json") < order.index("free-done")

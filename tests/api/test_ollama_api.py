@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import PARAMS, SMOL, Start, settings_for
+from tests.conftest import PARAMS, SMOL, Start, default_smol_ctx, settings_for
 from tests.ggufgen import write_corrupt_gguf, write_tiny_gguf
 from tests.store import Store
 
@@ -356,7 +356,7 @@ async def test_load_and_unload_with_empty_prompt(http: httpx.AsyncClient) -> Non
     assert body["done"] is True and body["done_reason"] == "load" and body["response"] == ""
     ps = (await http.get("/api/ps")).json()["models"]
     assert [m["name"] for m in ps] == [SMOL]
-    assert ps[0]["context_length"] == 4096 and ps[0]["size"] > 0
+    assert ps[0]["context_length"] == default_smol_ctx() and ps[0]["size"] > 0
     assert set(ps[0]) == {
         "name",
         "model",

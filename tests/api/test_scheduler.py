@@ -96,15 +96,16 @@ async def test_eviction_with_one_model_slot(http_factory: Any) -> None:
 
 
 async def test_eviction_under_a_memory_budget(http_factory: Any) -> None:
-    # SmolLM2 with a 4096 context needs an estimated ~352 MiB: room for two, not three.
-    http = await http_factory(memory_budget="800MiB")
+    # SmolLM2 with a 4096 context needs an estimated ~352 MiB: room for two, not three. Kept
+    # in RAM (num_gpu 0), as on a machine without a GPU.
+    http = await http_factory(memory_budget="800MiB", num_gpu=0, context_length=4096)
     await load(http, "alpha", keep_alive="1h")
     await load(http, "beta", keep_alive="10m")
     assert set(await ps(http)) == {"alpha:latest", "beta:latest"}
     await load(http, "gamma")
     # The idle model with the shortest keep_alive made room.
     assert set(await ps(http)) == {"alpha:latest", "gamma:latest"}
-    small = await http_factory(memory_budget="50MiB")
+    small = await http_factory(memory_budget="50MiB", num_gpu=0)
     r = await small.post("/api/generate", json={"model": "alpha"})
     assert r.status_code == 500
     assert r.json()["error"].startswith("model requires more system memory")

@@ -54,9 +54,17 @@ class MemoryPlan:
     """
 
     def __init__(
-        self, info: GGUFInfo, opts: LoadOptions, *, file_bytes: int, extra_bytes: int, offload: bool
+        self,
+        info: GGUFInfo,
+        opts: LoadOptions,
+        *,
+        file_bytes: int,
+        extra_bytes: int,
+        offload: bool,
+        devices: int = 1,
     ) -> None:
-        """`file_bytes`: the model file; `extra_bytes`: its projectors and adapters."""
+        """`file_bytes`: the model file; `extra_bytes`: its projectors and adapters; `devices`:
+        the GPUs llama.cpp spreads the layers over (each gets a context and compute buffer)."""
         self.size = estimate(info, file_bytes + extra_bytes, opts)
         self._requested = opts.num_gpu
         self._offload = offload
@@ -77,8 +85,9 @@ class MemoryPlan:
         kv = kv_bytes(info, opts) // blocks if blocks else 0
         # Offloaded from the last block backwards, after the output layer.
         self._layers = [output] + [b + kv for b in reversed(per_layer)]
-        self._compute = compute_bytes(info, opts)
-        self._fixed = GPU_OVERHEAD + self._compute + extra_bytes
+        self._compute = compute_bytes(info, opts) * max(1, devices)
+        self._overhead = GPU_OVERHEAD * max(1, devices)
+        self._fixed = self._overhead + self._compute + extra_bytes
 
     @property
     def output_bytes(self) -> int:
@@ -104,7 +113,7 @@ class MemoryPlan:
             return Placement(self.size)
         on_gpu = self._on_gpu(n)
         # Offloading adds the GPU context's overhead and, for a split, a second compute buffer.
-        size = self.size + GPU_OVERHEAD + (self._compute if n < self.max_layers else 0)
+        size = self.size + self._overhead + (self._compute if n < self.max_layers else 0)
         if n == self.max_layers:  # all of it: shown as "100% GPU", as Ollama shows it
             return Placement(size, size, n, on_gpu)
         return Placement(size, on_gpu, n, on_gpu)
@@ -147,13 +156,17 @@ def kv_bytes(info: GGUFInfo, opts: LoadOptions) -> int:
 
 def compute_bytes(info: GGUFInfo, opts: LoadOptions) -> int:
     """llama.cpp's graph buffers: the logits of one batch and, without flash attention, the
-    attention scores of one batch against a sequence's whole context dominate them."""
+    attention scores of one batch against a sequence's whole context dominate them. An
+    embedding model takes a whole input in one batch (the engine sizes it to the context)."""
     meta = info.metadata
     arch = info.architecture
     n_head = max(1, _num(meta, f"{arch}.attention.head_count", 32))
     tokens = meta.get("tokenizer.ggml.tokens")
     n_vocab = _num(meta, f"{arch}.vocab_size", getattr(tokens, "count", 32000))
-    batch = min(opts.num_batch, opts.num_ctx * max(1, opts.parallel))
+    if info.pooling:
+        batch = max(opts.num_batch, opts.num_ctx)
+    else:
+        batch = min(opts.num_batch, opts.num_ctx * max(1, opts.parallel))
     return 4 * batch * (n_vocab + n_head * opts.num_ctx)
 
 

@@ -116,7 +116,13 @@ class Scheduler:
         return await asyncio.shield(self._gpus)
 
     async def _read_gpus(self) -> Sequence[GPU]:
-        found = await asyncio.to_thread(self._engine.gpus)
+        try:
+            found = await asyncio.to_thread(self._engine.gpus)
+        except Exception as exc:  # a broken GPU runtime: serve from the CPU rather than not at all
+            log.warning(
+                "cannot read the GPUs (%s: %s); running on the CPU", type(exc).__name__, exc
+            )
+            found = []
         self._vram = sum(max(0, g.free - self._gpu_overhead) for g in found)
         self._offload = bool(found)
         if not self._max_loaded_set:  # OLLAMA_MAX_LOADED_MODELS 0: 3 x the GPUs, or 3
@@ -262,8 +268,11 @@ class Scheduler:
             if not short and not gpu_short:
                 return placement
             idle = [r for r in self._runners.values() if r.refs == 0 and not r.pinned]
-            if not short:  # only the GPUs are short: only a model that holds VRAM helps
+            if not short:  # only the GPUs are short: only a model that holds VRAM helps,
                 idle = [r for r in idle if r.placement.booked > 0]
+                kept = sum(r.placement.booked for r in self._runners.values() if r not in idle)
+                if req.at(max(0, self._vram - kept)).gpu_layers <= placement.gpu_layers:
+                    return placement  # and only if evicting them all would gain a layer
             if idle:
                 victim = min(idle, key=lambda r: (r.keep_alive, r.last_used))
                 await self._unload(victim, "evicted to make room")

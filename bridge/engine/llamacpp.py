@@ -102,10 +102,13 @@ def gpus() -> list[GPU]:
     if not gpu_offload_supported():
         return []
     lib = _ggml_devices()
+    devices = [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]
+    kinds = [lib.ggml_backend_dev_type(dev) for dev in devices]
+    # llama.cpp offloads to integrated GPUs only where there is no discrete one.
+    wanted = _DEV_GPU if _DEV_GPU in kinds else _DEV_IGPU
     found = []
-    for i in range(lib.ggml_backend_dev_count()):
-        dev = lib.ggml_backend_dev_get(i)
-        if lib.ggml_backend_dev_type(dev) not in (_DEV_GPU, _DEV_IGPU):
+    for dev, kind in zip(devices, kinds, strict=True):
+        if kind != wanted:
             continue
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
@@ -122,7 +125,7 @@ def gpus() -> list[GPU]:
     return found
 
 
-_DEV_GPU, _DEV_IGPU = 1, 2  # enum ggml_backend_dev_type
+_DEV_GPU, _DEV_IGPU = 1, 2  # enum ggml_backend_dev_type (llama.cpp since September 2025)
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, EngineFailed
 
 log = logging.getLogger(__name__)
 
@@ -80,37 +80,49 @@ async def _write_batched(
     response: web.StreamResponse, items: AsyncIterator[T], encode: Callable[[T], bytes]
 ) -> None:
     """Write every item; those that are ready together in one write. Raises what the items
-    raise, and the write's error when the client goes away (the items are then abandoned)."""
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+    raise, and the write's error when the client goes away.
+
+    A producer task reads the items and closes them when it ends, however it ends; this
+    function waits for it to end, even when cancelled again meanwhile, so that the stream's
+    own clean-up (a lease's release, an unload) always runs to completion first."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
 
     async def produce() -> None:
         try:
             async for item in items:
                 queue.put_nowait(encode(item))
-        except Exception as exc:  # handed to the writer, which raises it in its own frame
-            queue.put_nowait(exc)
-        else:
-            queue.put_nowait(None)
+        finally:
+            await _aclose(items)
 
     producer = asyncio.ensure_future(produce())
+    producer.add_done_callback(lambda _: queue.put_nowait(None))  # after every item
     try:
         while True:
             batch = [await queue.get()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            data = [part for part in batch if isinstance(part, bytes)]
+            data = [part for part in batch if part is not None]
             if data:
                 await response.write(b"".join(data))
-            last = batch[-1]  # the end (None) or an error is always the producer's last
-            if last is None:
-                return
-            if isinstance(last, BaseException):
-                raise last
+            if batch[-1] is None:
+                break
+        if producer.cancelled():  # not by us: the stream was cut short
+            raise EngineFailed("the reply stream was interrupted")
+        exc = producer.exception()
+        if exc is not None:
+            raise exc
     finally:
-        if not producer.done():
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+        producer.cancel()
+        cancelled = False
+        while not producer.done():
+            try:
+                await asyncio.wait({producer})
+            except asyncio.CancelledError:
+                cancelled = True
+        if not producer.cancelled():
+            producer.exception()  # retrieved: raised above, or beside the write's own error
+        if cancelled:
+            raise asyncio.CancelledError()
 
 
 async def collect(items: AsyncIterator[T]) -> list[T]:

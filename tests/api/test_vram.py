@@ -213,3 +213,45 @@ async def test_a_full_gpu_gets_no_layers(gpu_server: Any) -> None:
     await load(http, "alpha")
     assert (await ps(http))["alpha:latest"]["size_vram"] == 0
     assert OneGPU.layers == [0]
+
+
+class BrokenGPUs(LlamaCppEngine):
+    """The real engine on a machine whose GPU runtime fails when asked."""
+
+    def gpus(self) -> list[GPU]:
+        raise OSError("libcuda.so.1: cannot open shared object file")
+
+
+async def test_gpus_that_cannot_be_read_leave_the_cpu_serving(
+    start: Start, models_dir: Path
+) -> None:
+    server = await start(settings_for(None, models_dir), engine_factory=BrokenGPUs)
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as http:
+        for _ in range(2):  # not only the first request
+            await load(http, "alpha")
+        alpha = (await ps(http))["alpha:latest"]
+        assert alpha["size_vram"] == 0 and alpha["context_length"] == 4096
+
+
+class NoGPU(LlamaCppEngine):
+    """The real engine on a machine without a GPU, recording the num_gpu of each load."""
+
+    layers: ClassVar[list[int]] = []
+
+    def gpus(self) -> list[GPU]:
+        return []
+
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:  # type: ignore[override]
+        NoGPU.layers.append(options.num_gpu)
+        return await super().load(spec, options)
+
+
+async def test_without_a_gpu_num_gpu_reaches_the_engine_as_asked(
+    start: Start, models_dir: Path
+) -> None:
+    NoGPU.layers = []
+    server = await start(settings_for(None, models_dir), engine_factory=NoGPU)
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as http:
+        await load(http, "alpha")
+        await load(http, "beta", options={"num_gpu": 7})
+    assert NoGPU.layers == [-1, 7]

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from aiohttp import web
 
@@ -37,7 +37,10 @@ async def stream_response(
     encode_error: Callable[[BridgeError], bytes],
     content_type: str,
     trailer: bytes = b"",
+    last: Callable[[T], bool] = lambda _: False,
 ) -> web.StreamResponse:
+    """`last(item)`: whether `item` is the stream's final record, which then goes out with the
+    trailer and the end of the body in one write (the items are still read to their end)."""
     try:
         try:
             first = await anext(items)
@@ -48,49 +51,75 @@ async def stream_response(
         if content_type == "text/event-stream":
             response.headers["Cache-Control"] = "no-cache"
         await response.prepare(request)
+        out = _Writer(response, encode, last, trailer)
         try:
             if first is not None:
-                await response.write(encode(first))
+                await out.put(first)
                 # A short reply (a token, then the final record) goes out as it comes; a longer
                 # one gets the batching writer.
                 for _ in range(2):
                     item = await anext(items, None)
                     if item is None:
                         break
-                    await response.write(encode(item))
+                    await out.put(item)
                 else:
-                    await _write_batched(response, items, encode)
-            if trailer:
-                await response.write(trailer)
+                    await _write_batched(out, items)
+            if not out.ended:
+                await response.write_eof(trailer)
         except BridgeError as exc:
             log.warning("%s %s failed mid-stream: %s", request.method, request.path, exc.message)
-            with contextlib.suppress(*_GONE):
-                await response.write(encode_error(exc))
+            if not out.ended:
+                with contextlib.suppress(*_GONE):
+                    await response.write_eof(encode_error(exc))
         except _GONE:
             log.debug("%s %s: client went away", request.method, request.path)
-            return response
-        with contextlib.suppress(*_GONE):
-            await response.write_eof()
         return response
     finally:
         await _aclose(items)
 
 
-async def _write_batched(
-    response: web.StreamResponse, items: AsyncIterator[T], encode: Callable[[T], bytes]
-) -> None:
+class _Writer(Generic[T]):
+    """Encodes items onto the response; the final one goes with the trailer and the end."""
+
+    def __init__(
+        self,
+        response: web.StreamResponse,
+        encode: Callable[[T], bytes],
+        last: Callable[[T], bool],
+        trailer: bytes,
+    ) -> None:
+        self.response = response
+        self.encode = encode
+        self.last = last
+        self.trailer = trailer
+        self.ended = False
+
+    async def put(self, item: T) -> None:
+        await self.send([self.encode(item)], self.last(item))
+
+    async def send(self, parts: list[bytes], final: bool) -> None:
+        if self.ended:  # records after the final one (there should be none) are dropped
+            return
+        if final:
+            self.ended = True
+            await self.response.write_eof(b"".join(parts) + self.trailer)
+        elif parts:
+            await self.response.write(b"".join(parts))
+
+
+async def _write_batched(out: _Writer[T], items: AsyncIterator[T]) -> None:
     """Write every item; those that are ready together in one write. Raises what the items
     raise, and the write's error when the client goes away.
 
     A producer task reads the items and closes them when it ends, however it ends; this
     function waits for it to end, even when cancelled again meanwhile, so that the stream's
     own clean-up (a lease's release, an unload) always runs to completion first."""
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[bytes, bool] | None] = asyncio.Queue()
 
     async def produce() -> None:
         try:
             async for item in items:
-                queue.put_nowait(encode(item))
+                queue.put_nowait((out.encode(item), out.last(item)))
         finally:
             await _aclose(items)
 
@@ -101,9 +130,9 @@ async def _write_batched(
             batch = [await queue.get()]
             while not queue.empty():
                 batch.append(queue.get_nowait())
-            data = [part for part in batch if part is not None]
-            if data:
-                await response.write(b"".join(data))
+            records = [part for part in batch if part is not None]
+            if records:
+                await out.send([data for data, _ in records], any(f for _, f in records))
             if batch[-1] is None:
                 break
         if producer.cancelled():  # not by us: the stream was cut short

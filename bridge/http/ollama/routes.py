@@ -158,6 +158,7 @@ async def _reply(
         encode=lambda c: wire.ndjson(encode(c)),
         encode_error=wire.error_line,
         content_type=NDJSON,
+        last=lambda c: c.done,
     )
 
 

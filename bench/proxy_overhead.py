@@ -390,7 +390,8 @@ async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, 
             try:
                 for clients in (1, 50):
                     for what, n in (("per request", 1), ("per chunk", args.chunks)):
-                        for label, url in proxies:
+                        for (label, url), pid in zip(proxies, (proc.pid, floor.pid), strict=True):
+                            before = _process_cpu(pid)
                             d, b = await compare(
                                 direct(client, base + "/api/chat", "ollama", n),
                                 direct(client, url + "/api/chat", "ollama", n),
@@ -398,7 +399,10 @@ async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, 
                                 args.requests if n == 1 else args.requests // 4,
                                 args.blocks,
                             )
+                            spent = _process_cpu(pid) - before
                             rows.append(row(what, f"ollama ({label})", clients, n, d, b))
+                            # The proxy process's own CPU per request it forwarded.
+                            rows[-1]["proxy_cpu_us"] = round(spent / len(b.ms) * 1e6, 1)
                             print(_line(rows[-1]), flush=True)
             finally:
                 proc.terminate()
@@ -437,13 +441,24 @@ async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, 
     return rows
 
 
+def _process_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _line(r: dict[str, Any]) -> str:
+    proxy = f", proxy CPU {r['proxy_cpu_us']:.0f} us" if "proxy_cpu_us" in r else ""
     return (
         f"{r['upstream']:<8} {r['clients']:>2} clients {r['what']:<11} ({r['chunks']:>3} pieces): "
         f"direct p50 {r['direct_p50_ms']:7.3f} p99 {r['direct_p99_ms']:7.3f} ms | "
         f"bridge p50 {r['bridge_p50_ms']:7.3f} p99 {r['bridge_p99_ms']:7.3f} ms | "
         f"added p50 {r['added_p50_ms']:+.4f} p99 {r['added_p99_ms']:+.4f} ms, "
-        f"CPU {r['added_cpu_us']:+.2f} us"
+        f"CPU {r['added_cpu_us']:+.2f} us{proxy}"
     )
 
 

@@ -131,6 +131,8 @@ class Scheduler:
             log.info(
                 "GPU %s (%s): %s free of %s", g.name, g.description, human(g.free), human(g.total)
             )
+        if not found:
+            log.info("no GPU found: models run on the CPU")
         return found
 
     @property

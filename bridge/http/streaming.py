@@ -39,8 +39,9 @@ async def stream_response(
     trailer: bytes = b"",
     last: Callable[[T], bool] = lambda _: False,
 ) -> web.StreamResponse:
-    """`last(item)`: whether `item` is the stream's final record, which then goes out with the
-    trailer and the end of the body in one write (the items are still read to their end)."""
+    """`last(item)`: whether `item` is the stream's final record. It is held back until the
+    items are exhausted (their clean-up, a lease's release or an unload, done), then goes out
+    with the trailer and the end of the body in one write."""
     try:
         try:
             first = await anext(items)
@@ -51,7 +52,7 @@ async def stream_response(
         if content_type == "text/event-stream":
             response.headers["Cache-Control"] = "no-cache"
         await response.prepare(request)
-        out = _Writer(response, encode, last, trailer)
+        out = _Writer(response, encode, last)
         try:
             if first is not None:
                 await out.put(first)
@@ -64,13 +65,11 @@ async def stream_response(
                     await out.put(item)
                 else:
                     await _write_batched(out, items)
-            if not out.ended:
-                await response.write_eof(trailer)
+            await out.finish(trailer)
         except BridgeError as exc:
             log.warning("%s %s failed mid-stream: %s", request.method, request.path, exc.message)
-            if not out.ended:
-                with contextlib.suppress(*_GONE):
-                    await response.write_eof(encode_error(exc))
+            with contextlib.suppress(*_GONE):
+                await out.finish(encode_error(exc))
         except _GONE:
             log.debug("%s %s: client went away", request.method, request.path)
         return response
@@ -79,32 +78,29 @@ async def stream_response(
 
 
 class _Writer(Generic[T]):
-    """Encodes items onto the response; the final one goes with the trailer and the end."""
+    """Encodes items onto the response; the final one waits for `finish`."""
 
     def __init__(
-        self,
-        response: web.StreamResponse,
-        encode: Callable[[T], bytes],
-        last: Callable[[T], bool],
-        trailer: bytes,
+        self, response: web.StreamResponse, encode: Callable[[T], bytes], last: Callable[[T], bool]
     ) -> None:
         self.response = response
         self.encode = encode
         self.last = last
-        self.trailer = trailer
-        self.ended = False
+        self.held: bytes | None = None  # the final record (and any before it in its batch)
 
     async def put(self, item: T) -> None:
         await self.send([self.encode(item)], self.last(item))
 
     async def send(self, parts: list[bytes], final: bool) -> None:
-        if self.ended:  # records after the final one (there should be none) are dropped
+        if self.held is not None:  # records after the final one (there should be none)
             return
         if final:
-            self.ended = True
-            await self.response.write_eof(b"".join(parts) + self.trailer)
+            self.held = b"".join(parts)
         elif parts:
             await self.response.write(b"".join(parts))
+
+    async def finish(self, tail: bytes) -> None:
+        await self.response.write_eof((self.held or b"") + tail)
 
 
 async def _write_batched(out: _Writer[T], items: AsyncIterator[T]) -> None:

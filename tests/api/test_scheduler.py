@@ -237,3 +237,16 @@ async def test_pinned_models_stay(start: Start, models_dir: Path, tmp_path: Path
         models = await ps(http)
         assert set(models) == {"alpha:latest", "gamma:latest"}
         assert expires(models["alpha:latest"]).year > 2200
+
+
+async def test_a_streamed_reply_with_keep_alive_0_ends_after_the_unload(
+    http_factory: Any,
+) -> None:
+    # The final record waits for the stream's clean-up: once the body has ended, the model
+    # is gone from /api/ps (as with a reply that is not streamed).
+    http = await http_factory()
+    body = {"model": "alpha", "prompt": "hi", "keep_alive": 0, "options": GREEDY}
+    async with http.stream("POST", "/api/generate", json=body) as r:
+        lines = [orjson.loads(line) async for line in r.aiter_lines() if line]
+    assert lines[-1]["done"] is True and len(lines) > 1
+    assert await ps(http) == {}

@@ -180,6 +180,10 @@ class Chunk:
     metrics: Metrics | None = None
     context: tuple[int, ...] | None = None
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens that made this chunk's text
+    # The record exactly as an upstream of the client's own protocol sent it, when it can be
+    # relayed unchanged (the same model name; never a final record): no re-encoding, and
+    # fields bridge does not know survive. Whoever changes the chunk must drop it.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

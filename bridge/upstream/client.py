@@ -286,7 +286,7 @@ class Upstreams:
                 return Call(
                     "api/chat",
                     ollama_codec.chat_body(r.model, req),
-                    lambda body, reply: ollama_chunks(body, reply, chat=True),
+                    lambda body, reply: ollama_chunks(body, reply, chat=True, relay_as=req.model),
                 )
             body = openai_codec.chat_body(r.model, req, extensions=self._ext(r))
             return Call(
@@ -309,7 +309,7 @@ class Upstreams:
                 return Call(
                     "api/generate",
                     ollama_codec.generate_body(r.model, req),
-                    lambda body, reply: ollama_chunks(body, reply, chat=False),
+                    lambda body, reply: ollama_chunks(body, reply, chat=False, relay_as=req.model),
                 )
             if req.template:
                 raise InvalidRequest(

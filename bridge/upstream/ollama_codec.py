@@ -182,9 +182,10 @@ def tool_calls(value: Any, who: str) -> tuple[ToolCall, ...]:
     return tuple(out)
 
 
-def chunk(obj: Any, *, chat: bool, who: str, started_ns: int) -> Chunk:
+def chunk(obj: Any, *, chat: bool, who: str, started_ns: int, raw: bytes | None = None) -> Chunk:
     """One NDJSON record of /api/chat (`chat`) or /api/generate -> a Chunk; the last one's
-    total_duration runs from `started_ns` (perf_counter_ns) to now."""
+    total_duration runs from `started_ns` (perf_counter_ns) to now. `raw`: the record's bytes,
+    kept on a chunk that is not the last (the last is bridge's own, with its durations)."""
     if not isinstance(obj, dict):
         raise UpstreamProtocolError(f"{who} sent a stream record that is not an object")
     if chat:
@@ -200,7 +201,7 @@ def chunk(obj: Any, *, chat: bool, who: str, started_ns: int) -> Chunk:
         )
     done = obj.get("done") is True
     if not done:
-        return Chunk(text=text, thinking=thinking, tool_calls=tool_calls(calls, who))
+        return Chunk(text=text, thinking=thinking, tool_calls=tool_calls(calls, who), raw=raw)
     ctx = obj.get("context")
     return Chunk(
         text=text,

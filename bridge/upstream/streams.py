@@ -65,28 +65,37 @@ async def read_all(body: AsyncIterator[bytes]) -> bytes:
     return b"".join([data async for data in body])
 
 
-def _ollama_record(line: bytes, reply: Reply, chat: bool) -> Chunk:
+def _ollama_record(line: bytes, reply: Reply, chat: bool, relay_as: str | None) -> Chunk:
     obj = loads(line, reply.who)
     if (msg := error_text(obj)) is not None:
         raise UpstreamError(msg)
-    return ollama_codec.chunk(obj, chat=chat, who=reply.who, started_ns=reply.started_ns)
+    relay = relay_as is not None and isinstance(obj, dict) and obj.get("model") == relay_as
+    return ollama_codec.chunk(
+        obj,
+        chat=chat,
+        who=reply.who,
+        started_ns=reply.started_ns,
+        raw=line + b"\n" if relay else None,
+    )
 
 
 async def ollama_chunks(
-    body: AsyncIterator[bytes], reply: Reply, *, chat: bool
+    body: AsyncIterator[bytes], reply: Reply, *, chat: bool, relay_as: str | None = None
 ) -> AsyncGenerator[Chunk, None]:
-    """An /api/chat or /api/generate stream (or the single object of a load or unload)."""
+    """An /api/chat or /api/generate stream (or the single object of a load or unload).
+    `relay_as`: the model name the client asked for; records the upstream wrote under that
+    very name keep their bytes (`Chunk.raw`) for a client of the same protocol."""
     split = Lines(reply.who)
     done = False
     async for data in body:
         for line in split.feed(data):
             if not done and line.strip():
-                chunk = _ollama_record(line, reply, chat)
+                chunk = _ollama_record(line, reply, chat, relay_as)
                 done = chunk.done
                 yield chunk
     for line in split.end():
         if not done:
-            chunk = _ollama_record(line, reply, chat)
+            chunk = _ollama_record(line, reply, chat, relay_as)
             done = chunk.done
             yield chunk
     if not done:

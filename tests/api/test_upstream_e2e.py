@@ -210,3 +210,39 @@ async def test_same_tool_calling_code_everywhere(tools_base: str, model: str) ->
         assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
         fn = choice.message.tool_calls[0].function  # type: ignore[union-attr]
         assert fn.name == "get_weather" and "city" in orjson.loads(fn.arguments)
+
+
+async def test_native_records_under_the_clients_name_are_relayed_as_they_came(
+    start: Start, store: Store, tmp_path: Path
+) -> None:
+    async with fakes(Fake("ollama", models=("remote-ollama:latest",))) as (ol,):
+        base = await serve(start, store, tmp_path, ol)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            msgs = [{"role": "user", "content": "hi"}]
+
+            async def lines(model: str) -> list[bytes]:
+                body = {"model": model, "messages": msgs}
+                async with http.stream("POST", "/api/chat", json=body) as r:
+                    return [line async for line in r.aiter_bytes()]
+
+            # Asked by the name the upstream writes: its delta records pass byte for byte
+            # (its own created_at), and the last record is bridge's, with bridge's durations.
+            relayed = b"".join(await lines("remote-ollama:latest")).splitlines()
+            for i, text in enumerate(("Hello", " from", " upstream")):
+                record = orjson.loads(relayed[i])
+                assert record["created_at"] == "2025-05-01T10:00:00Z"
+                assert record["message"]["content"] == text
+                assert relayed[i] == orjson.dumps(
+                    {
+                        "model": "remote-ollama:latest",
+                        "created_at": "2025-05-01T10:00:00Z",
+                        "message": {"role": "assistant", "content": text},
+                        "done": False,
+                    }
+                )
+            final = orjson.loads(relayed[-1])
+            assert final["done"] is True and final["created_at"] != "2025-05-01T10:00:00Z"
+            # Asked by another spelling of the name: every record is re-encoded under it.
+            renamed = [orjson.loads(x) for x in b"".join(await lines("remote-ollama")).splitlines()]
+            assert {r["model"] for r in renamed} == {"remote-ollama"}
+            assert all(r["created_at"] != "2025-05-01T10:00:00Z" for r in renamed)

@@ -155,7 +155,8 @@ async def _reply(
     return await stream_response(
         request,
         chunks,
-        encode=lambda c: wire.ndjson(encode(c)),
+        # An upstream's record under the client's own model name goes out as it came.
+        encode=lambda c: c.raw if c.raw is not None else wire.ndjson(encode(c)),
         encode_error=wire.error_line,
         content_type=NDJSON,
         last=lambda c: c.done,

@@ -12,7 +12,9 @@ in this process, interleaved in blocks so that drift hits both alike:
   the difference is bridge's own work;
 - bridge: `Upstreams.chat()` (name lookup, replica choice, request encoding, the reply decoded
   into Chunks with metrics); or, with `--e2e`, a real `bridge serve` process in between, asked
-  over /api/chat by the same bare client.
+  over /api/chat by the same bare client, and beside it the floor: a bare aiohttp proxy that
+  passes the bytes through (what the fixed stack costs before bridge does anything). With
+  `--e2e`, "proxy CPU" is the proxy process's own CPU per request it forwarded.
 
 "Added" is bridge minus direct at the same percentile; per chunk, the added time of a long
 reply divided by its pieces. "CPU" is this process's CPU time per request, bridge minus direct
@@ -21,7 +23,7 @@ event loop, so the added latency there is about 50 times the added CPU.
 
     python bench/proxy_overhead.py                     # the library, both upstream kinds
     python bench/proxy_overhead.py --requests 4000 --chunks 256
-    python bench/proxy_overhead.py --e2e               # through `bridge serve` (once wired)
+    python bench/proxy_overhead.py --e2e               # through `bridge serve`, and the floor
 """
 
 from __future__ import annotations

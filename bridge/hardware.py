@@ -1,4 +1,5 @@
-"""What the machine has: physical cores and memory. Read once; cheap."""
+"""What the machine has: physical cores (read once; cheap), and how GPUs are described (the
+engine, which alone imports llama.cpp, finds them)."""
 
 from __future__ import annotations
 

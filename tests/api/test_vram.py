@@ -26,6 +26,7 @@ from bridge.memory import MemoryPlan, Placement
 from bridge.models.gguf_info import read_gguf
 from tests.conftest import Start, settings_for
 from tests.store import smollm2_path
+from tests.tinyllama import write_tiny_llama
 
 GIB = 1024**3
 ALL = 31  # SmolLM2: 30 blocks + the output layer
@@ -255,3 +256,40 @@ async def test_without_a_gpu_num_gpu_reaches_the_engine_as_asked(
         await load(http, "alpha")
         await load(http, "beta", options={"num_gpu": 7})
     assert NoGPU.layers == [-1, 7]
+
+
+async def test_an_idle_model_is_not_evicted_when_that_gains_nothing(
+    start: Start, models_dir: Path, tmp_path: Path
+) -> None:
+    # A tiny model holds a little VRAM; alpha is busy and holds the rest. beta could not get a
+    # single layer even with the tiny one gone, so the tiny one stays.
+    tiny_path = write_tiny_llama(models_dir / "tiny.gguf")
+    tiny = MemoryPlan(
+        read_gguf(str(tiny_path)),
+        LoadOptions(num_ctx=256, num_batch=256),
+        file_bytes=tiny_path.stat().st_size,
+        extra_bytes=0,
+        offload=True,
+    ).at(10**15)
+    assert tiny.booked + 10_000_000 < SPLIT.booked  # beta's smallest split needs more
+    OneGPU.free, OneGPU.total, OneGPU.layers, OneGPU.count = (
+        SMALL_FULL.booked + tiny.booked + 10_000_000,
+        0,
+        [],
+        1,
+    )
+    server = await start(settings_for(None, models_dir), engine_factory=OneGPU)
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as http:
+        await load(http, "tiny", keep_alive="1h")
+        body = {
+            "model": "alpha",
+            "prompt": "Write an endless story.",
+            "options": {**SMALL, "num_predict": -1},
+        }
+        async with http.stream("POST", "/api/generate", json=body) as r:
+            it = r.aiter_lines()
+            assert orjson.loads(await anext(it))["done"] is False
+            await load(http, "beta", options=SMALL)
+            models = await ps(http)
+    assert set(models) == {"tiny:latest", "alpha:latest", "beta:latest"}
+    assert models["tiny:latest"]["size_vram"] > 0 and models["beta:latest"]["size_vram"] == 0

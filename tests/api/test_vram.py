@@ -259,7 +259,7 @@ async def test_without_a_gpu_num_gpu_reaches_the_engine_as_asked(
 
 
 async def test_an_idle_model_is_not_evicted_when_that_gains_nothing(
-    start: Start, models_dir: Path, tmp_path: Path
+    start: Start, models_dir: Path
 ) -> None:
     # A tiny model holds a little VRAM; alpha is busy and holds the rest. beta could not get a
     # single layer even with the tiny one gone, so the tiny one stays.

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import httpx
 import jinja2.sandbox
 import llama_cpp
-from _common import TOPICS, free_port, model_path, physical_cores
+from _common import TOPICS, free_port, model_path, physical_cores, process_cpu
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -290,19 +290,16 @@ class CpuMeter:
         self._start = self._read()
 
     def _read(self) -> tuple[float, float, float, float] | None:
-        tick = os.sysconf("SC_CLK_TCK")
         try:
             with open("/proc/stat") as f:
                 v = [int(x) for x in f.readline().split()[1:9]]
-            procs: list[float] = []
-            for pid in self.pids:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rpartition(")")[2].split()
-                procs.append((int(fields[11]) + int(fields[12])) / tick)  # utime + stime
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError):
             return None
-        busy = (sum(v) - v[3] - v[4]) / tick  # all but idle and iowait
-        return busy, procs[0], procs[1], time.monotonic()
+        bench, server = (process_cpu(pid) for pid in self.pids)
+        if bench is None or server is None:
+            return None
+        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        return busy, bench, server, time.monotonic()
 
     def finish(self, sample: Sample) -> None:
         end = self._read()

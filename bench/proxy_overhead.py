@@ -34,7 +34,6 @@ import json
 import multiprocessing
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from typing import Any, ClassVar
 
 import httpx
 import orjson
+from _common import free_port, process_cpu
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -329,14 +329,8 @@ def row(what: str, kind: str, clients: int, chunks: int, d: Sample, b: Sample) -
 # --- end to end: a real bridge process ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_bridge(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
+    port = free_port()
     cfg = tmp / "bridge.toml"
     cfg.write_text(
         "[[upstream]]\n"
@@ -393,7 +387,7 @@ async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, 
                 for clients in (1, 50):
                     for what, n in (("per request", 1), ("per chunk", args.chunks)):
                         for (label, url), pid in zip(proxies, (proc.pid, floor.pid), strict=True):
-                            before = _process_cpu(pid)
+                            before = process_cpu(pid) or 0.0
                             d, b = await compare(
                                 direct(client, base + "/api/chat", "ollama", n),
                                 direct(client, url + "/api/chat", "ollama", n),
@@ -401,7 +395,7 @@ async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, 
                                 args.requests if n == 1 else args.requests // 4,
                                 args.blocks,
                             )
-                            spent = _process_cpu(pid) - before
+                            spent = (process_cpu(pid) or 0.0) - before
                             rows.append(row(what, f"ollama ({label})", clients, n, d, b))
                             # The proxy process's own CPU per request it forwarded.
                             rows[-1]["proxy_cpu_us"] = round(spent / len(b.ms) * 1e6, 1)
@@ -441,16 +435,6 @@ async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, 
             finally:
                 await ups.close()
     return rows
-
-
-def _process_cpu(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _line(r: dict[str, Any]) -> str:

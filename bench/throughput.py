@@ -63,6 +63,10 @@ PHRASINGS = (
 )
 
 
+# The sampling every contender gets: greedy, with the same filters everywhere.
+GREEDY = {"temperature": 0.0, "top_k": 40, "top_p": 0.9, "min_p": 0.0, "seed": 0}
+
+
 @dataclass(slots=True)
 class Stream:
     sent: float
@@ -286,11 +290,7 @@ class Bridge(Server):
 
     async def stream(self, prompt: str, args: argparse.Namespace) -> Stream:
         options = {
-            "temperature": 0.0,
-            "top_k": 40,
-            "top_p": 0.9,
-            "min_p": 0.0,
-            "seed": 0,
+            **GREEDY,
             "num_predict": args.tokens,
             "num_ctx": args.ctx,
             "num_batch": args.batch,
@@ -341,11 +341,7 @@ class LcppServer(Server):
         body = {
             "prompt": prompt,
             "max_tokens": args.tokens,
-            "temperature": 0.0,
-            "top_k": 40,
-            "top_p": 0.9,
-            "min_p": 0.0,
-            "seed": 0,
+            **GREEDY,
             "stream": True,
         }
         s = Stream(sent=time.perf_counter())
@@ -372,11 +368,7 @@ class LlamaServer(Server):
         body = {
             "prompt": prompt,
             "n_predict": args.tokens,
-            "temperature": 0.0,
-            "top_k": 40,
-            "top_p": 0.9,
-            "min_p": 0.0,
-            "seed": 0,
+            **GREEDY,
             "stream": True,
             "cache_prompt": True,
         }

@@ -10,6 +10,7 @@ offload is checked on a GPU by `bench/gpu_check.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,24 +54,23 @@ SMALL_FULL = smol(**SMALL).at(10**15)
 SPLIT: Placement = smol(**SMALL).at(SMALL_FULL.booked - 1)
 
 
-class OneGPU(LlamaCppEngine):
-    """The real engine on a machine with `count` GPUs (one unless said) of `free` bytes each
-    (`total`, if set)."""
+class WithGPUs(LlamaCppEngine):
+    """The real engine on a machine with `count` GPUs (one unless said; 0: none) of `free`
+    bytes each (`total`, if set)."""
 
     free: ClassVar[int] = 0
     total: ClassVar[int] = 0
-    layers: ClassVar[list[int]] = []  # num_gpu of each load, in order
-
     count: ClassVar[int] = 1
+    layers: ClassVar[list[int]] = []  # num_gpu of each load, in order
 
     def gpus(self) -> list[GPU]:
         return [
-            GPU(f"CUDA{i}", "Test GPU", OneGPU.free, OneGPU.total or OneGPU.free)
-            for i in range(OneGPU.count)
+            GPU(f"CUDA{i}", "Test GPU", WithGPUs.free, WithGPUs.total or WithGPUs.free)
+            for i in range(WithGPUs.count)
         ]
 
     async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:  # type: ignore[override]
-        OneGPU.layers.append(options.num_gpu)
+        WithGPUs.layers.append(options.num_gpu)
         return await super().load(spec, options)
 
 
@@ -88,8 +88,8 @@ async def gpu_server(start: Start, models_dir: Path) -> AsyncIterator[Any]:
     clients: list[httpx.AsyncClient] = []
 
     async def make(free: int, total: int = 0, count: int = 1, **settings: Any) -> httpx.AsyncClient:
-        OneGPU.free, OneGPU.total, OneGPU.layers, OneGPU.count = free, total, [], count
-        server = await start(settings_for(None, models_dir, **settings), engine_factory=OneGPU)
+        WithGPUs.free, WithGPUs.total, WithGPUs.layers, WithGPUs.count = free, total, [], count
+        server = await start(settings_for(None, models_dir, **settings), engine_factory=WithGPUs)
         clients.append(httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60))
         return clients[-1]
 
@@ -100,6 +100,20 @@ async def gpu_server(start: Start, models_dir: Path) -> AsyncIterator[Any]:
 
 async def ps(http: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in (await http.get("/api/ps")).json()["models"]}
+
+
+@contextlib.asynccontextmanager
+async def alpha_generating(http: httpx.AsyncClient) -> AsyncIterator[AsyncIterator[str]]:
+    """alpha streams an endless story while the block runs; -> its remaining lines."""
+    body = {
+        "model": "alpha",
+        "prompt": "Write an endless story.",
+        "options": {**SMALL, "num_predict": -1},
+    }
+    async with http.stream("POST", "/api/generate", json=body) as r:
+        lines = r.aiter_lines()
+        assert orjson.loads(await anext(lines))["done"] is False
+        yield lines
 
 
 async def load(http: httpx.AsyncClient, model: str, **body: Any) -> None:
@@ -114,7 +128,7 @@ async def test_a_model_that_fits_goes_wholly_to_the_gpu(gpu_server: Any) -> None
     alpha = (await ps(http))["alpha:latest"]
     assert alpha["size_vram"] == alpha["size"] == FULL.size  # `ollama ps`: 100% GPU
     assert alpha["context_length"] == 4096  # under 23 GiB of VRAM, Ollama's default
-    assert OneGPU.layers == [ALL]
+    assert WithGPUs.layers == [ALL]
 
 
 async def test_default_context_follows_the_vram_tier(gpu_server: Any) -> None:
@@ -136,7 +150,7 @@ async def test_what_does_not_fit_runs_partly_on_the_cpu(gpu_server: Any) -> None
     alpha = (await ps(http))["alpha:latest"]
     assert (alpha["size_vram"], alpha["size"]) == (SPLIT.vram, SPLIT.size)
     assert 0 < alpha["size_vram"] < alpha["size"]
-    assert OneGPU.layers == [SPLIT.gpu_layers]
+    assert WithGPUs.layers == [SPLIT.gpu_layers]
     r = await http.post(
         "/api/generate",
         json={
@@ -156,7 +170,7 @@ async def test_num_gpu_zero_keeps_everything_in_ram_and_reloads(gpu_server: Any)
     await load(http, "alpha", options={"num_gpu": 0})  # the same: no reload
     await load(http, "alpha")  # automatic again: a different load-time option
     assert (await ps(http))["alpha:latest"]["size_vram"] == FULL.size
-    assert OneGPU.layers == [0, ALL]
+    assert WithGPUs.layers == [0, ALL]
 
 
 async def test_an_idle_model_leaves_the_gpu_for_a_new_one(gpu_server: Any) -> None:
@@ -167,21 +181,14 @@ async def test_an_idle_model_leaves_the_gpu_for_a_new_one(gpu_server: Any) -> No
     models = await ps(http)
     assert list(models) == ["beta:latest"]
     assert models["beta:latest"]["size_vram"] == SMALL_FULL.size
-    assert OneGPU.layers == [ALL, ALL]
+    assert WithGPUs.layers == [ALL, ALL]
 
 
 async def test_a_busy_model_keeps_its_vram_and_the_new_one_runs_partly_on_the_cpu(
     gpu_server: Any,
 ) -> None:
     http = await gpu_server(free=SMALL_FULL.booked + SPLIT.booked)
-    body = {
-        "model": "alpha",
-        "prompt": "Write an endless story.",
-        "options": {**SMALL, "num_predict": -1},
-    }
-    async with http.stream("POST", "/api/generate", json=body) as r:
-        it = r.aiter_lines()
-        assert orjson.loads(await anext(it))["done"] is False
+    async with alpha_generating(http) as it:
         # beta does not wait for alpha: it loads at once with the layers that still fit.
         await asyncio.wait_for(load(http, "beta", options=SMALL), timeout=60)
         assert orjson.loads(await anext(it))["done"] is False
@@ -190,7 +197,7 @@ async def test_a_busy_model_keeps_its_vram_and_the_new_one_runs_partly_on_the_cp
     assert models["alpha:latest"]["size_vram"] == SMALL_FULL.size
     beta = models["beta:latest"]
     assert beta["size_vram"] == SPLIT.vram < beta["size"]
-    assert OneGPU.layers == [ALL, SPLIT.gpu_layers]
+    assert WithGPUs.layers == [ALL, SPLIT.gpu_layers]
 
 
 async def test_three_models_per_gpu_by_default(gpu_server: Any, models_dir: Path) -> None:
@@ -213,7 +220,7 @@ async def test_a_full_gpu_gets_no_layers(gpu_server: Any) -> None:
     http = await gpu_server(free=4 * GIB, gpu_overhead=4 * GIB)
     await load(http, "alpha")
     assert (await ps(http))["alpha:latest"]["size_vram"] == 0
-    assert OneGPU.layers == [0]
+    assert WithGPUs.layers == [0]
 
 
 class BrokenGPUs(LlamaCppEngine):
@@ -234,32 +241,15 @@ async def test_gpus_that_cannot_be_read_leave_the_cpu_serving(
         assert alpha["size_vram"] == 0 and alpha["context_length"] == 4096
 
 
-class NoGPU(LlamaCppEngine):
-    """The real engine on a machine without a GPU, recording the num_gpu of each load."""
-
-    layers: ClassVar[list[int]] = []
-
-    def gpus(self) -> list[GPU]:
-        return []
-
-    async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:  # type: ignore[override]
-        NoGPU.layers.append(options.num_gpu)
-        return await super().load(spec, options)
-
-
-async def test_without_a_gpu_num_gpu_reaches_the_engine_as_asked(
-    start: Start, models_dir: Path
-) -> None:
-    NoGPU.layers = []
-    server = await start(settings_for(None, models_dir), engine_factory=NoGPU)
-    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as http:
-        await load(http, "alpha")
-        await load(http, "beta", options={"num_gpu": 7})
-    assert NoGPU.layers == [-1, 7]
+async def test_without_a_gpu_num_gpu_reaches_the_engine_as_asked(gpu_server: Any) -> None:
+    http = await gpu_server(free=0, count=0)
+    await load(http, "alpha")
+    await load(http, "beta", options={"num_gpu": 7})
+    assert WithGPUs.layers == [-1, 7]
 
 
 async def test_an_idle_model_is_not_evicted_when_that_gains_nothing(
-    start: Start, models_dir: Path
+    gpu_server: Any, models_dir: Path
 ) -> None:
     # A tiny model holds a little VRAM; alpha is busy and holds the rest. beta could not get a
     # single layer even with the tiny one gone, so the tiny one stays.
@@ -271,25 +261,11 @@ async def test_an_idle_model_is_not_evicted_when_that_gains_nothing(
         extra_bytes=0,
         offload=True,
     ).at(10**15)
-    assert tiny.booked + 10_000_000 < SPLIT.booked  # beta's smallest split needs more
-    OneGPU.free, OneGPU.total, OneGPU.layers, OneGPU.count = (
-        SMALL_FULL.booked + tiny.booked + 10_000_000,
-        0,
-        [],
-        1,
-    )
-    server = await start(settings_for(None, models_dir), engine_factory=OneGPU)
-    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=60) as http:
-        await load(http, "tiny", keep_alive="1h")
-        body = {
-            "model": "alpha",
-            "prompt": "Write an endless story.",
-            "options": {**SMALL, "num_predict": -1},
-        }
-        async with http.stream("POST", "/api/generate", json=body) as r:
-            it = r.aiter_lines()
-            assert orjson.loads(await anext(it))["done"] is False
-            await load(http, "beta", options=SMALL)
-            models = await ps(http)
+    assert tiny.booked + 10_000_000 < SPLIT.booked  # less than beta's split needs
+    http = await gpu_server(free=SMALL_FULL.booked + tiny.booked + 10_000_000)
+    await load(http, "tiny", keep_alive="1h")
+    async with alpha_generating(http):
+        await load(http, "beta", options=SMALL)
+        models = await ps(http)
     assert set(models) == {"tiny:latest", "alpha:latest", "beta:latest"}
     assert models["tiny:latest"]["size_vram"] > 0 and models["beta:latest"]["size_vram"] == 0

@@ -398,9 +398,10 @@ async def test_allow_all_origins(aiohttp_client: AiohttpClient) -> None:
 )
 async def test_host_guard_accepts(aiohttp_client: AiohttpClient, host: str) -> None:
     client = await aiohttp_client(_app(guard=True))
-    resp = await client.get("/stream", headers={"Host": host})
-    assert resp.status == 200
-    assert await resp.read() == b'{"i":0}\n{"i":1}\n{"i":2}\n'
+    for _ in range(2):  # the second verdict comes from the guard's memo
+        resp = await client.get("/stream", headers={"Host": host})
+        assert resp.status == 200
+        assert await resp.read() == b'{"i":0}\n{"i":1}\n{"i":2}\n'
 
 
 @pytest.mark.parametrize("host", ["evil.com", "evil.com:11434", "8.8.8.8:11434"])

@@ -412,9 +412,26 @@ def host_guard_middleware(*, hostname: str) -> Middleware:
     address), an OPTIONS request is answered here with 204.
     """
 
+    # Verdicts by Host header, for those that do not ask the network interfaces (which can
+    # change); bounded, so that made-up hosts cannot grow it.
+    known: dict[str, Literal["ip", "name"] | None] = {}
+
     @web.middleware
     async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        verdict = _host_verdict(request.headers.get(hdrs.HOST, ""), hostname, is_local_ip)
+        host = request.headers.get(hdrs.HOST, "")
+        if host in known:
+            verdict = known[host]
+        else:
+            asked = False
+
+            def is_local(ip: IPAddress) -> bool:
+                nonlocal asked
+                asked = True
+                return is_local_ip(ip)
+
+            verdict = _host_verdict(host, hostname, is_local)
+            if not asked and len(known) < 256:
+                known[host] = verdict
         if verdict is None:
             return _forbidden()
         if verdict == "name" and request.method == hdrs.METH_OPTIONS:

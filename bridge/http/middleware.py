@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import secrets
 
@@ -11,6 +12,10 @@ from aiohttp.typedefs import Handler
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _KEY = web.RequestKey("request_id", str)
+# Ids need to be unique, not secret: a random prefix per process and a counter (cheaper than
+# fresh randomness on every request).
+_PREFIX = secrets.token_hex(3)
+_COUNT = itertools.count(1)
 
 
 class RequestIdFilter(logging.Filter):
@@ -23,7 +28,7 @@ class RequestIdFilter(logging.Filter):
 
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-Id") or secrets.token_hex(6)
+    rid = request.headers.get("X-Request-Id") or f"{_PREFIX}{next(_COUNT):06x}"
     request[_KEY] = rid
     token = REQUEST_ID.set(rid)
     try:

@@ -43,6 +43,9 @@ _NAMESPACE_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
 _MODEL_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _TAG_RE: Final = _MODEL_RE
 
+_PARSED: dict[str, ModelName] = {}
+_PARSED_MAX: Final = 4096
+
 
 class InvalidName(ValueError):
     """A model name that Ollama would refuse.
@@ -98,6 +101,18 @@ class ModelName:
         Surrounding whitespace is not stripped (it makes the name invalid, as in Ollama).
         The scheme, if given, must be ``http`` or ``https`` (any case); it is stored lower-case.
         """
+        # Every request names a model, mostly the same few: parsed once each (names are
+        # immutable), in a memo that a flood of distinct names only empties.
+        name = _PARSED.get(raw)
+        if name is None:
+            name = cls._parse(raw)
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.clear()
+            _PARSED[raw] = name
+        return name
+
+    @classmethod
+    def _parse(cls, raw: str) -> ModelName:
         s = raw
         tag = DEFAULT_TAG
         namespace = DEFAULT_NAMESPACE

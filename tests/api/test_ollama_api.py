@@ -37,6 +37,9 @@ async def test_root_and_version(http: httpx.AsyncClient) -> None:
     r = await http.get("/")
     assert r.status_code == 200 and r.text == "Ollama is running"
     assert len(r.headers["x-request-id"]) == 12
+    assert (await http.get("/")).headers["x-request-id"] != r.headers["x-request-id"]
+    mine = await http.get("/", headers={"X-Request-Id": "trace-7"})
+    assert mine.headers["x-request-id"] == "trace-7"
     assert r.headers["content-type"] == "text/plain; charset=utf-8"
     assert (await http.head("/")).status_code == 200
     v = (await http.get("/api/version")).json()["version"]

@@ -168,9 +168,13 @@ class TokenLogprob:
     top: tuple[TokenLogprob, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Chunk:
-    """One piece of a response stream; the last one has `done` set and carries the metrics."""
+    """One piece of a response stream; the last one has `done` set and carries the metrics.
+
+    Treated as immutable (change one with `dataclasses.replace`), but not frozen: one is made
+    per token or upstream record, and a frozen dataclass's constructor costs four times as
+    much."""
 
     text: str = ""
     thinking: str = ""

@@ -130,6 +130,11 @@ class Received:
     def status_code(self) -> int:
         return self._resp.status
 
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body has arrived (some of it may not have been read yet)."""
+        return self._resp.content.is_eof()
+
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
         try:
             async for data in self._resp.content.iter_any():

@@ -199,9 +199,8 @@ def chunk(obj: Any, *, chat: bool, who: str, started_ns: int, raw: bytes | None 
             _text(obj, "thinking"),
             obj.get("tool_calls"),
         )
-    done = obj.get("done") is True
-    if not done:
-        return Chunk(text=text, thinking=thinking, tool_calls=tool_calls(calls, who), raw=raw)
+    if obj.get("done") is not True:  # once per token: the short way
+        return Chunk(text, thinking, tool_calls(calls, who) if calls else (), raw=raw)
     ctx = obj.get("context")
     return Chunk(
         text=text,

@@ -3,6 +3,7 @@ upstreams checked against the official clients, so that what they speak is the r
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,22 @@ def _feed(parser: Lines | Events, *parts: bytes) -> list[bytes]:
 def test_lines_are_split_wherever_the_chunks_break() -> None:
     got = _feed(Lines("u"), b'{"a":', b'1}\r\n{"b"', b":2}\n\n", b"tail")
     assert got == [b'{"a":1}', b'{"b":2}', b"", b"tail"]
+
+
+def test_lines_match_a_whole_body_split_for_any_cuts() -> None:
+    """Every way of cutting a body into reads gives the lines of the whole body, a `\r`
+    before a `\n` dropped even when a read ends between them."""
+    rng = random.Random(7)
+    for _ in range(3000):
+        records = [bytes(rng.choices(b"ab\r{}", k=rng.randint(0, 5))) for _ in range(4)]
+        body = b"\n".join(records) + rng.choice([b"", b"\n", b"\r\n", b"x", b"\r"])
+        cuts = sorted(rng.sample(range(len(body) + 1), min(len(body) + 1, rng.randint(0, 5))))
+        reads = [body[i:j] for i, j in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        split = Lines("u")
+        got = [line for data in reads for line in split.feed(data)]
+        *whole, last = body.split(b"\n")
+        assert got == [line.removesuffix(b"\r") for line in whole], reads
+        assert split.end() == ([last.rstrip(b"\r")] if last.rstrip(b"\r").strip() else [])
 
 
 def test_an_endless_line_is_a_protocol_error() -> None:

@@ -4,6 +4,7 @@ commands (`bridge list`, `pull`, `run`, ...) that talk to a running server like 
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -104,11 +105,20 @@ def client(args: argparse.Namespace) -> int:
 SHUTDOWN_GRACE = 2.0
 
 
+async def _freeze_startup_objects(app: web.Application) -> None:
+    """What start-up made (modules, settings, clients) lives as long as the server: kept out
+    of the collector's sight, a full collection no longer walks it (about 70,000 objects, a
+    pause that every request in flight waits out)."""
+    gc.collect()
+    gc.freeze()
+
+
 def serve(settings: Settings) -> int:
     from bridge.app import create_app
 
     addr = settings.address
     app = create_app(settings)
+    app.on_startup.append(_freeze_startup_objects)
     log = logging.getLogger("bridge")
 
     def ready(_banner: str) -> None:

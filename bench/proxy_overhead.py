@@ -6,10 +6,10 @@ to spare) that answers at once with a prepared reply: an Ollama /api/chat NDJSON
 OpenAI /v1/chat/completions SSE stream of N pieces. Two ways of asking it the same thing run
 in this process, interleaved in blocks so that drift hits both alike:
 
-- direct: a bare client that posts an httpx request straight to the same transport bridge uses
-  (aiohttp's client under httpx; `--direct-transport httpx` for httpx's own), splits the reply
-  into records and parses each one (the work any client of that upstream does anyway), so that
-  the difference is bridge's own work;
+- direct: a bare client that posts the request as bridge's upstream calls do (aiohttp's client
+  called directly; `--direct-transport httpx` for httpx's own transport), splits the reply into
+  records and parses each one (the work any client of that upstream does anyway), so that the
+  difference is bridge's own work;
 - bridge: `Upstreams.chat()` (name lookup, replica choice, request encoding, the reply decoded
   into Chunks with metrics); or, with `--e2e`, a real `bridge serve` process in between, asked
   over /api/chat by the same bare client, and beside it the floor: a bare aiohttp proxy that
@@ -46,13 +46,19 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 from _common import free_port, process_cpu
+from multidict import CIMultiDict
+from yarl import URL
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bridge.domain import ChatRequest, Message, Options  # noqa: E402
 from bridge.upstream import ModelMapping, UpstreamConfig, Upstreams  # noqa: E402
-from bridge.upstream.aiohttp_transport import AiohttpTransport  # noqa: E402
+from bridge.upstream.aiohttp_transport import (  # noqa: E402
+    AiohttpTransport,
+    Received,
+    client_timeout,
+)
 
 RESULTS = REPO / "bench" / "results"
 MODEL = "bench:latest"
@@ -223,19 +229,31 @@ def _body(kind: str, n: int) -> bytes:
 def direct(
     transport: httpx.AsyncBaseTransport, url: str, kind: str, n: int
 ) -> Callable[[], Awaitable[int]]:
-    """A bare client: post straight to the httpx transport (as bridge's upstream calls do),
-    split the reply into records, parse each one."""
+    """A bare client: post the request the way bridge's upstream calls do (aiohttp's client
+    called directly; an httpx request for httpx's transport), split the reply into records,
+    parse each one."""
     body = _body(kind, n)
     headers = httpx.Headers({"content-type": "application/json"})
     timeout = httpx.Timeout(60).as_dict()
+    lean = isinstance(transport, AiohttpTransport)
+    target = URL(url)
+    lean_headers = CIMultiDict({"content-type": "application/json"})
+    limits = client_timeout(pool=60, connect=60, read=60)
 
-    async def one() -> int:
-        count = 0
+    async def send() -> Received | httpx.Response:
+        if lean:
+            assert isinstance(transport, AiohttpTransport)
+            return await transport.post(target, lean_headers, body, limits)
         request = httpx.Request(
             "POST", url, content=body, headers=headers, extensions={"timeout": timeout}
         )
         r = await transport.handle_async_request(request)
         r.request = request
+        return r
+
+    async def one() -> int:
+        count = 0
+        r = await send()
         try:
             pending = b""
             async for data in r.aiter_bytes():
@@ -249,6 +267,7 @@ def direct(
                         count += 1
         finally:
             await r.aclose()
+        return count
 
     return one
 

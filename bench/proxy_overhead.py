@@ -348,7 +348,10 @@ def row(what: str, kind: str, clients: int, chunks: int, d: Sample, b: Sample) -
 # --- end to end: a real bridge process ---------------------------------------------------------
 
 
-def start_bridge(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_bridge(
+    upstream_port: int, tmp: Path, root: Path = REPO
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`bridge serve` from the checkout at `root`, with the upstream configured."""
     port = free_port()
     cfg = tmp / "bridge.toml"
     cfg.write_text(
@@ -362,7 +365,7 @@ def start_bridge(upstream_port: int, tmp: Path) -> tuple[subprocess.Popen[bytes]
     cmd = [sys.executable, "-m", "bridge", "serve", "--demo-model", "off", "--config", str(cfg)]
     cmd += ["--host", f"127.0.0.1:{port}"]
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -395,7 +398,7 @@ async def run(args: argparse.Namespace, port: int, tmp: Path) -> list[dict[str, 
         if args.e2e:
             # bridge serve, then the bare aiohttp pass-through (the floor of the stack): each
             # idle while the other is measured.
-            proc, bridge_url = start_bridge(port, tmp)
+            proc, bridge_url = start_bridge(port, tmp, args.bridge_root)
             ctx = multiprocessing.get_context("spawn")
             queue: multiprocessing.Queue[int] = ctx.Queue()
             floor = ctx.Process(target=_floor, args=(queue, port), daemon=True)
@@ -475,6 +478,12 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=128, help="pieces in a long reply")
     parser.add_argument("--blocks", type=int, default=4, help="interleaved blocks per cell")
     parser.add_argument("--e2e", action="store_true", help="through a `bridge serve` process")
+    parser.add_argument(
+        "--bridge-root",
+        type=Path,
+        default=REPO,
+        help="with --e2e: the checkout whose `bridge serve` runs (to compare two versions)",
+    )
     parser.add_argument(
         "--direct-transport",
         choices=("aiohttp", "httpx"),

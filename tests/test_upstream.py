@@ -229,13 +229,16 @@ async def test_a_model_list_that_cannot_be_read_is_retried_on_refresh() -> None:
 
 async def test_api_key_and_headers_are_sent() -> None:
     async with fakes(Fake("openai", models=("m",))) as (a,):
-        c = cfg(a, api_key="sk-test", headers={"X-Team": "search"})
+        # A framing header in the config must not reach the wire (it would break the body).
+        c = cfg(a, api_key="sk-test", headers={"X-Team": "search", "Content-Length": "1"})
         assert "sk-test" not in repr(c)
         async with running(c) as ups:
-            await collect(ups.chat("m", chat_req("m")))
+            assert [ch.text for ch in await collect(ups.chat("m", chat_req("m")))][0]
+        assert [s.method for s in a.seen][-1] == "POST"
         for seen in a.seen:
             assert seen.headers["Authorization"] == "Bearer sk-test"
             assert seen.headers["X-Team"] == "search"
+            assert seen.headers["User-Agent"].startswith("bridge/")
 
 
 # --- translation: Ollama-kind upstreams ------------------------------------------------------

@@ -50,6 +50,7 @@ DRAIN_SECONDS = 1.0
 # The most of an error reply's body that is read for its message.
 ERROR_BODY_LIMIT = 64 * 1024
 NO_METRICS = Metrics()
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 
 # A reply as the caller reads it: aiohttp's on the fast path, httpx's otherwise.
 Response = httpx.Response | Received
@@ -155,7 +156,9 @@ class Caller:
                 t = client_timeout(
                     pool=c.read_timeout, connect=c.connect_timeout, read=c.read_timeout
                 )
-                self._post[c.name] = (own, CIMultiDict(headers, accept="*/*"), t)
+                # Framing headers are aiohttp's to set, from the body it sends.
+                sent = {k: v for k, v in headers.items() if k.lower() not in _FRAMING}
+                self._post[c.name] = (own, CIMultiDict(sent, accept="*/*"), t)
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

@@ -233,7 +233,8 @@ async def test_api_key_and_headers_are_sent() -> None:
         c = cfg(a, api_key="sk-test", headers={"X-Team": "search", "Content-Length": "1"})
         assert "sk-test" not in repr(c)
         async with running(c) as ups:
-            assert [ch.text for ch in await collect(ups.chat("m", chat_req("m")))][0]
+            chunks = await collect(ups.chat("m", chat_req("m")))
+        assert chunks[0].text
         assert [s.method for s in a.seen][-1] == "POST"
         for seen in a.seen:
             assert seen.headers["Authorization"] == "Bearer sk-test"

@@ -151,7 +151,6 @@ class Caller:
                 transport=own,
                 trust_env=False,  # settings come from bridge's config, not proxy variables
             )
-            self._direct[c.name] = (own, self._clients[c.name].headers, timeout.as_dict())
             if isinstance(own, AiohttpTransport):
                 t = client_timeout(
                     pool=c.read_timeout, connect=c.connect_timeout, read=c.read_timeout
@@ -159,6 +158,8 @@ class Caller:
                 # Framing headers are aiohttp's to set, from the body it sends.
                 sent = {k: v for k, v in headers.items() if k.lower() not in _FRAMING}
                 self._post[c.name] = (own, CIMultiDict(sent, accept="*/*"), t)
+            else:
+                self._direct[c.name] = (own, self._clients[c.name].headers, timeout.as_dict())
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}

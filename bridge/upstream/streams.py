@@ -67,9 +67,7 @@ async def read_all(body: AsyncIterator[bytes]) -> bytes:
 
 def _ollama_record(line: bytes, reply: Reply, chat: bool, relay_as: str | None) -> Chunk:
     obj = loads(line, reply.who)
-    # The cheap test first: most records are not errors.
-    maybe_error = not isinstance(obj, dict) or "error" in obj or "object" in obj
-    if maybe_error and (msg := error_text(obj)) is not None:
+    if (msg := error_text(obj)) is not None:
         raise UpstreamError(msg)
     relay = relay_as is not None and isinstance(obj, dict) and obj.get("model") == relay_as
     return ollama_codec.chunk(

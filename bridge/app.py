@@ -106,6 +106,7 @@ def _service_ctx(
         yield
         scan.cancel()
         gpus.cancel()
+        await resolver.close()
         await scheduler.close()
         await upstreams.close()
 

@@ -102,3 +102,27 @@ async def test_changed_manifest_is_reread(tmp_path: Path) -> None:
     store.add("m:latest", model=tiny, system="You are terse.")
     after = (await r.list())[0]
     assert after.digest != before.digest and after.system == "You are terse."
+
+
+async def test_upstream_served_names_never_wait_for_an_aged_scan(tmp_path: Path) -> None:
+    """`rescan=False` (a name an upstream serves): an aged scan still answers, and a new one
+    runs in the background; a change made through bridge is seen by the very next lookup."""
+    store = Store(tmp_path / "store")
+    tiny = write_tiny_gguf(tmp_path / "tiny.gguf")
+    store.add("a:latest", model=tiny)
+    r = Resolver(store_dir=store.root, demo="off", max_scan_age=0)
+    assert names(await r.list()) == {"a:latest"}
+    store.add("b:latest", model=tiny)  # appears on disk behind bridge's back
+    assert await r.find("b", rescan=False) is None  # answered from the aged scan
+    await r.close()  # the background rescan it started has finished
+    found = await r.find("b", rescan=False)
+    assert found is not None and found.name == "b:latest"
+
+    fresh = Resolver(store_dir=store.root, demo="off")  # scans stay fresh for long
+    await fresh.list()
+    store.add("c:latest", model=tiny)
+    assert await fresh.find("c", rescan=False) is None  # a fresh scan is trusted
+    fresh.changed()  # what the store writer calls after writing a manifest
+    found = await fresh.find("c", rescan=False)
+    assert found is not None and found.name == "c:latest"
+    await fresh.close()

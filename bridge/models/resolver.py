@@ -91,8 +91,10 @@ class Resolver:
         aliases: Mapping[str, str] | None = None,
         demo: str = "auto",
         read_header: Callable[[str], GGUFInfo] | None = None,
+        max_scan_age: float = MAX_SCAN_AGE,
     ) -> None:
         read_header = read_header or HeaderCache()
+        self.max_scan_age = max_scan_age
         self.header = read_header
         self.store = OllamaStore(store_dir, read_gguf=read_header)
         self.folders = GGUFFolders(gguf_dirs, read_gguf=read_header)
@@ -103,6 +105,14 @@ class Resolver:
         self._renames_logged: set[str] = set()
         self._lock = asyncio.Lock()
         self._last: Index = {}
+        self._scanned_at = 0.0  # 0: no scan to trust (none yet, or the store changed since)
+        self._generation = 0  # bumped by changed(): a scan begun before it is not trusted
+        self._refreshing: asyncio.Task[Index] | None = None
+
+    def changed(self) -> None:
+        """The store's models changed (a manifest written or removed through bridge): the next
+        lookup rescans. Safe to call from any thread."""
+        self._generation += 1
         self._scanned_at = 0.0
 
     async def list(self) -> list[ModelSpec]:
@@ -117,13 +127,17 @@ class Resolver:
 
         The last scan answers when its entry for the name is still current (one stat of the
         model's manifest or file); anything else rescans, so models added on disk are found.
-        `rescan=False` trusts a recent scan (under MAX_SCAN_AGE) that lacks the name: for names
-        that something else (an upstream) serves, asked for on every request.
+        `rescan=False` is for names that something else (an upstream) serves, asked for on every
+        request: a scan that lacks the name answers at once. Once it is older than
+        `max_scan_age`, a new one starts in the background (requests do not wait for the disk);
+        after a change made through bridge (`changed()`), the lookup waits for a new scan.
         """
         name = parse_name(raw)
         spec = self._lookup(self._last, name)
-        fresh = time.monotonic() - self._scanned_at < MAX_SCAN_AGE
-        if spec is None and fresh and not rescan:
+        fresh = time.monotonic() - self._scanned_at < self.max_scan_age
+        if spec is None and not rescan and self._scanned_at:
+            if not fresh:
+                self._refresh_soon()
             return None
         if spec is not None and fresh and await asyncio.to_thread(_unchanged, spec):
             return spec
@@ -149,8 +163,26 @@ class Resolver:
     async def _index(self) -> Index:
         # One scan at a time: concurrent requests share the caches instead of racing on them.
         async with self._lock:
+            generation = self._generation
             self._last = await asyncio.to_thread(self._scan)
-            self._scanned_at = time.monotonic()
+            if generation == self._generation:  # nothing changed while it ran
+                self._scanned_at = time.monotonic()
+            return self._last
+
+    async def close(self) -> None:
+        """Wait out a background rescan (its thread cannot be interrupted)."""
+        if self._refreshing is not None:
+            await asyncio.gather(self._refreshing, return_exceptions=True)
+
+    def _refresh_soon(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._refresh())
+
+    async def _refresh(self) -> Index:
+        try:
+            return await self._index()
+        except Exception:  # the next request's lookup rescans and reports it
+            log.exception("rescanning the models failed")
             return self._last
 
     def _scan(self) -> Index:

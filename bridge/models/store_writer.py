@@ -28,7 +28,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -362,12 +362,15 @@ class BlobSink:
 class StoreWriter:
     """Writes under one OLLAMA_MODELS folder. Thread-safe; every method blocks."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, on_change: Callable[[], None] | None = None) -> None:
+        """`on_change` is called (on the writing thread) after a manifest is written or
+        removed: the models the store holds have changed."""
         self.root = root
         self.blobs_dir = root / "blobs"
         self.manifests_dir = root / "manifests"
         # Held while deciding which blobs are referenced and acting on it (see module doc).
         self.lock = threading.RLock()
+        self._on_change = on_change or (lambda: None)
 
     # paths
 
@@ -455,6 +458,7 @@ class StoreWriter:
         # leftover inside a model's folder would make Ollama's start-up skip its pruning.
         self.manifests_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.manifest_path(name), raw, tmp_dir=self.manifests_dir)
+        self._on_change()
 
     # blobs
 
@@ -529,6 +533,7 @@ class StoreWriter:
         with self.lock:
             raw = path.read_bytes()
             os.unlink(path)
+            self._on_change()
             _fsync_dir(path.parent)
             self._prune_dirs(path.parent)
             try:

@@ -156,6 +156,29 @@ async def test_fallback_serves_local_models_that_cannot_load(
         assert "remote_host" not in no_fallback.json()
 
 
+async def test_a_local_model_made_through_bridge_takes_the_name_from_the_next_request(
+    start: Start, store: Store, tmp_path: Path
+) -> None:
+    """Names an upstream serves skip the disk on every request; a model copied, created or
+    pulled through bridge under such a name still wins it from the very next request on."""
+    async with fakes(Fake("ollama", models=("shared:latest",))) as (ol,):
+        base = await serve(start, store, tmp_path, ol)
+        body = {"model": "shared", "messages": [{"role": "user", "content": "Hi"}]}
+        body |= {"stream": False, "options": {"num_predict": 2}}
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            assert (await http.post("/api/chat", json=body)).status_code == 200
+            assert len(ol.generations()) == 1  # the upstream's model
+            r = await http.post("/api/copy", json={"source": SMOL, "destination": "shared"})
+            assert r.status_code == 200
+            r = await http.post("/api/chat", json=body)
+            assert r.status_code == 200 and r.json()["model"] == "shared"
+            assert len(ol.generations()) == 1  # served here, by the copied SmolLM2
+            shown = (await http.post("/api/show", json={"model": "shared"})).json()
+            assert "remote_host" not in shown
+            tags = {m["name"] for m in (await http.get("/api/tags")).json()["models"]}
+            assert {"shared:latest", "box/shared:latest"} <= tags
+
+
 def _weights_digest(store: Store, model: str) -> str:
     manifest = store.root / "manifests/registry.ollama.ai/library" / model / "latest"
     layers = orjson.loads(manifest.read_bytes())["layers"]

@@ -224,7 +224,7 @@ async def _manager_ctx(app: web.Application) -> AsyncIterator[None]:
     # HF_ENDPOINT is read here until config.py has a setting for it.
     endpoint = seams.hf_endpoint or os.environ.get("HF_ENDPOINT") or hf.DEFAULT_ENDPOINT
     app[MANAGER] = ModelManager(
-        StoreWriter(Path(app[SETTINGS].models_dir())),
+        StoreWriter(Path(app[SETTINGS].models_dir()), on_change=service.resolver.changed),
         registry,
         find_local=service.resolver.find,
         unload=unload,

@@ -42,10 +42,18 @@ def create_app(
     *,
     engine_factory: Callable[[], Engine] | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    primary_socket: str | None = None,
 ) -> web.Application:
     """The bridge application. `engine_factory` and `upstream_transport` are the seams tests
-    use to inject failures."""
+    use to inject failures. With `primary_socket`, a worker process (see `bridge.workers`):
+    it serves upstream generations and passes the rest to the primary listening there."""
     app = web.Application(client_max_size=MAX_BODY)
+    if primary_socket is not None:
+        from bridge.http.forward import install_forwarding
+        from bridge.workers import PrimaryOnlyEngine
+
+        install_forwarding(app, primary_socket)
+        engine_factory = PrimaryOnlyEngine
     install_cors(app, allowed_origins(settings.origins))
     if settings.address.is_loopback:
         app.middlewares.append(host_guard_middleware(hostname=socket.gethostname()))

@@ -4,16 +4,21 @@ commands (`bridge list`, `pull`, `run`, ...) that talk to a running server like 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
+import os
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from bridge import OLLAMA_COMPAT_VERSION, __version__
 from bridge.config import SETTINGS, ConfigError, Settings, load_settings
+from bridge.http.keys import SERVICE
 from bridge.http.middleware import RequestIdFilter
 
 
@@ -52,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                 metavar=s.name.upper(),
                 help=f"{_escape(s.help)} Default: {s.default!r}.{env}",
             )
+    # Internal: how the primary starts a worker process (bridge.workers).
+    serve.add_argument("--worker-of", metavar="DIR", help=argparse.SUPPRESS)
     from bridge.client import add_commands
 
     add_commands(sub)
@@ -67,6 +74,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -87,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # httpx logs every upstream request at INFO: a line per proxied request, and ~30 µs.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    return serve(settings)
+    if args.worker_of:
+        return serve_worker(settings, args.worker_of)
+    return serve(settings, argv)
 
 
 def client(args: argparse.Namespace) -> int:
@@ -113,30 +123,93 @@ async def _freeze_startup_objects(app: web.Application) -> None:
     gc.freeze()
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
+    """The server; with `workers` > 1 (Linux), the primary of that many processes, which it
+    starts with `argv` (this command's own arguments) and stops with itself."""
+    from bridge import workers
     from bridge.app import create_app
 
     addr = settings.address
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_objects)
     log = logging.getLogger("bridge")
+    where: dict[str, Any] = {"host": addr.host, "port": addr.port}
+    if settings.workers > 1 and not workers.SUPPORTED:
+        log.warning(
+            "workers = %d needs Linux (SO_REUSEPORT); serving from one process", settings.workers
+        )
+    elif settings.workers > 1:
+        try:
+            sock = workers.listen(addr.host, addr.port)
+        except OSError as exc:
+            print(f"bridge: cannot listen on {addr.host}:{addr.port}: {exc}", file=sys.stderr)
+            return 1
+        private = tempfile.mkdtemp(prefix="bridge-")  # mode 0700: this user's processes only
+        # The workers bind the port this socket got (it may have been 0).
+        addr = dataclasses.replace(addr, port=sock.getsockname()[1])
+        worker_argv = [*argv, "--host", addr.url]
+        pool = workers.Workers(worker_argv, settings.workers - 1, private)
+
+        async def start_workers(app: web.Application) -> None:
+            app[SERVICE].resolver.watchers.append(pool.generation.bump)
+            await pool.start()
+
+        async def stop_workers(app: web.Application) -> None:
+            await pool.stop(SHUTDOWN_GRACE)
+            shutil.rmtree(private, ignore_errors=True)
+
+        app.on_startup.append(start_workers)
+        app.on_shutdown.append(stop_workers)
+        where = {"sock": sock, "path": workers.primary_socket(private)}
 
     def ready(_banner: str) -> None:
         # run_app calls this once the socket is listening.
         log.info(
-            "bridge %s (Ollama API %s) listening on %s",
+            "bridge %s (Ollama API %s) listening on %s%s",
             __version__,
             OLLAMA_COMPAT_VERSION,
             addr.url,
+            f" ({settings.workers} processes)" if "sock" in where else "",
         )
 
+    return _run(app, where, ready)
+
+
+def serve_worker(settings: Settings, private_dir: str) -> int:
+    """A worker process: the primary started it with its own arguments (bridge.workers)."""
+    from bridge import workers
+    from bridge.app import create_app
+
+    addr = settings.address
+    app = create_app(settings, primary_socket=workers.primary_socket(private_dir))
+    app.on_startup.append(_freeze_startup_objects)
+    log = logging.getLogger("bridge")
+
+    async def follow_primary(app: web.Application) -> None:
+        generation = workers.StoreGeneration(workers.generation_path(private_dir))
+        app[SERVICE].resolver.follow(generation.read)
+        workers.watch_primary()
+
+    app.on_startup.append(follow_primary)
+    try:
+        sock = workers.listen(addr.host, addr.port)
+    except OSError as exc:
+        print(f"bridge worker: cannot listen on {addr.host}:{addr.port}: {exc}", file=sys.stderr)
+        return 1
+
+    def ready(_banner: str) -> None:
+        log.info("worker %d answering on %s", os.getpid(), addr.url)
+
+    return _run(app, {"sock": sock}, ready)
+
+
+def _run(app: web.Application, where: dict[str, Any], ready: Callable[[str], None]) -> int:
     try:
         # handler_cancellation: a client that disconnects cancels its handler at once, which
         # frees its queue place or slot and stops its generation.
         web.run_app(
             app,
-            host=addr.host,
-            port=addr.port,
+            **where,
             print=ready,
             handler_cancellation=True,
             access_log=None,
@@ -145,7 +218,10 @@ def serve(settings: Settings) -> int:
             shutdown_timeout=SHUTDOWN_GRACE,
         )
     except OSError as exc:
-        print(f"bridge: cannot listen on {addr.host}:{addr.port}: {exc}", file=sys.stderr)
+        print(
+            f"bridge: cannot listen on {where.get('host')}:{where.get('port')}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         pass

@@ -43,6 +43,13 @@ def _int(v: Any) -> int:
     return int(v)
 
 
+def _workers(v: Any) -> int:
+    n = _int(v)
+    if n < 1:
+        raise ValueError("expected 1 or more")
+    return n
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -245,6 +252,15 @@ SETTINGS: tuple[Setting, ...] = (
         _int,
     ),
     Setting(
+        "workers",
+        "BRIDGE_WORKERS",
+        1,
+        "Server processes sharing the port (Linux). Each serves requests for models an "
+        "upstream serves; the first alone loads local models and manages the store, and the "
+        "others pass it everything else. For gateways with more traffic than one core takes.",
+        _workers,
+    ),
+    Setting(
         "demo_model",
         "BRIDGE_DEMO_MODEL",
         "auto",
@@ -297,6 +313,7 @@ class Settings:
     memory_budget: int = 0
     gpu_overhead: int = 0
     load_cooldown: float = 10.0
+    workers: int = 1
     aliases: Mapping[str, str] = field(default_factory=dict)
     model_overrides: Mapping[str, ModelOverride] = field(default_factory=dict)
     upstreams: tuple[UpstreamConfig, ...] = ()

@@ -107,6 +107,14 @@ class Service:
             return None
         return target.spec if isinstance(target, Route) else target
 
+    async def served_by_upstream(self, raw: str) -> bool:
+        """Whether a request for `raw` goes to an upstream (as `chat`, `generate` and `embed`
+        decide it); False for local models and for names that are not found or not valid."""
+        try:
+            return isinstance(await self._target(raw, missing=""), Route)
+        except (InvalidModelName, ModelNotFound):
+            return False
+
     async def _target(self, raw: str, *, missing: str) -> ModelSpec | Route:
         """A local model, else an upstream route; never another model. A name an upstream
         serves does not rescan the local store on every request (a recent scan is trusted)."""

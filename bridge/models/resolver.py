@@ -108,12 +108,24 @@ class Resolver:
         self._scanned_at = 0.0  # 0: no scan to trust (none yet, or the store changed since)
         self._generation = 0  # bumped by changed(): a scan begun before it is not trusted
         self._refreshing: asyncio.Task[Index] | None = None
+        # Told of every changed(): other processes' resolvers over the same store (workers).
+        self.watchers: list[Callable[[], None]] = []
+        # Another process's count of its changes to the store (a worker follows its primary).
+        self._follow: Callable[[], int] | None = None
+        self._followed = 0
+
+    def follow(self, generation: Callable[[], int]) -> None:
+        """Treat each move of `generation` (another process's changes) as a changed()."""
+        self._follow = generation
+        self._followed = generation()
 
     def changed(self) -> None:
         """The store's models changed (a manifest written or removed through bridge): the next
         lookup rescans. Safe to call from any thread."""
         self._generation += 1
         self._scanned_at = 0.0
+        for watcher in self.watchers:
+            watcher()
 
     async def list(self) -> list[ModelSpec]:
         """Every model, newest first (as /api/tags sorts)."""
@@ -132,6 +144,9 @@ class Resolver:
         `max_scan_age`, a new one starts in the background (requests do not wait for the disk);
         after a change made through bridge (`changed()`), the lookup waits for a new scan.
         """
+        if self._follow is not None and (seen := self._follow()) != self._followed:
+            self._followed = seen
+            self.changed()
         name = parse_name(raw)
         spec = self._lookup(self._last, name)
         fresh = time.monotonic() - self._scanned_at < self.max_scan_age

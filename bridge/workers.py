@@ -1,0 +1,143 @@
+"""Several server processes on one port (Linux): the primary and its workers.
+
+One Python process forwards a few thousand upstream requests a second before its one core is
+the limit. With `workers` = N, the primary starts N - 1 workers; all of them listen on the
+port with SO_REUSEPORT, and the kernel spreads new connections across them. A worker serves
+generations for models an upstream serves and passes everything else to the primary over a
+private Unix socket (`bridge.http.forward`): local models, their memory and the store stay in
+one process, as with one worker.
+
+The primary counts the changes it makes to the store (a model created, copied, pulled or
+deleted through bridge) in a small shared file that every worker maps: a worker's lookups
+read the count (one memory read) and rescan when it moved, so a change is seen by the next
+request whichever process it reaches. The primary holds each worker's stdin: end of file says
+the primary is gone, and the worker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mmap
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+
+from bridge.domain import LoadOptions, ModelSpec
+from bridge.engine.base import LoadedModel
+from bridge.errors import ModelLoadFailed
+from bridge.hardware import GPU
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = sys.platform.startswith("linux")  # where SO_REUSEPORT spreads connections
+
+
+class StoreGeneration:
+    """A counter of store changes in a file that several processes map."""
+
+    def __init__(self, path: str, *, create: bool = False) -> None:
+        if create:
+            with open(path, "wb") as f:
+                f.write(bytes(8))
+        with open(path, "r+b" if create else "rb") as f:
+            access = mmap.ACCESS_WRITE if create else mmap.ACCESS_READ
+            self._map = mmap.mmap(f.fileno(), 8, access=access)
+        self._lock = threading.Lock()
+
+    def read(self) -> int:
+        return int.from_bytes(self._map[:8], "little")
+
+    def bump(self) -> None:
+        with self._lock:  # the store writer calls this from its threads
+            self._map[:8] = (self.read() + 1).to_bytes(8, "little")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket that the other processes may bind too (SO_REUSEPORT)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class PrimaryOnlyEngine:
+    """A worker's engine: local models are the primary's, and requests for them never reach a
+    worker's scheduler (they are passed on first); this only makes sure of it."""
+
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:
+        raise ModelLoadFailed(f"{spec.name} is served by the primary process")
+
+    def gpus(self) -> Sequence[GPU]:
+        return []
+
+
+class Workers:
+    """The primary's side: starts the workers, tells them of store changes, stops them."""
+
+    def __init__(self, argv: Sequence[str], count: int, private_dir: str) -> None:
+        self._argv = [*argv, "--worker-of", private_dir]
+        self._count = count
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._watch: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.generation = StoreGeneration(generation_path(private_dir), create=True)
+
+    async def start(self) -> None:
+        for _ in range(self._count):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bridge", *self._argv, stdin=asyncio.subprocess.PIPE
+            )
+            self._procs.append(proc)
+            self._watch.append(asyncio.create_task(self._watch_one(proc)))
+        log.info("started %d worker process(es): %s", self._count, [p.pid for p in self._procs])
+
+    async def _watch_one(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if not self._stopping:
+            log.error("worker process %d exited (%s); the others go on", proc.pid, code)
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM (open streams get `grace` seconds), then SIGKILL for any that lingers."""
+        self._stopping = True
+        for proc in self._procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*self._watch), grace + 5)
+        except TimeoutError:
+            for proc in self._procs:
+                if proc.returncode is None:
+                    proc.kill()
+            await asyncio.gather(*self._watch)
+
+
+def primary_socket(private_dir: str) -> str:
+    return os.path.join(private_dir, "primary.sock")
+
+
+def generation_path(private_dir: str) -> str:
+    return os.path.join(private_dir, "store-generation")
+
+
+def watch_primary() -> None:
+    """In a worker: stop when the primary is gone (its end of our stdin closes)."""
+
+    def wait() -> None:
+        while os.read(0, 64):
+            pass
+        os.kill(os.getpid(), signal.SIGTERM)  # run_app stops gracefully on SIGTERM
+
+    threading.Thread(target=wait, name="primary-watch", daemon=True).start()

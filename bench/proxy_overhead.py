@@ -177,14 +177,17 @@ class Cores:
     client: frozenset[int]
 
     @classmethod
-    def split(cls, cpus: set[int]) -> Cores:
+    def split(cls, cpus: set[int], proxy_cores: int = 1) -> Cores:
+        """`proxy_cores`: one per bridge process (`--workers`), as far as there are cores."""
         ordered = sorted(cpus)
         if len(ordered) == 1:
             return cls(frozenset(ordered), frozenset(ordered), frozenset(ordered))
-        proxy = frozenset(ordered[-1:])
-        if len(ordered) == 2:
-            return cls(proxy, frozenset(ordered[:1]), frozenset(ordered[:1]))
-        return cls(proxy, frozenset(ordered[-2:-1]), frozenset(ordered[:-2]))
+        n = max(1, min(proxy_cores, len(ordered) - 2 if len(ordered) > 2 else 1))
+        proxy = frozenset(ordered[-n:])
+        rest = ordered[:-n]
+        if len(rest) == 1:
+            return cls(proxy, frozenset(rest), frozenset(rest))
+        return cls(proxy, frozenset(rest[-1:]), frozenset(rest[:-1]))
 
 
 def _pin(cpus: frozenset[int]) -> None:
@@ -404,8 +407,25 @@ def row(
 # --- end to end: a real bridge process ---------------------------------------------------------
 
 
+def tree_cpu(pid: int | None) -> float:
+    """CPU seconds of a process and its children (a primary and its workers)."""
+    if pid is None:
+        return 0.0
+    total = process_cpu(pid) or 0.0
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    return total + sum(process_cpu(c) or 0.0 for c in children)
+
+
 def start_bridge(
-    upstream_port: int, tmp: Path, root: Path = REPO, cpus: frozenset[int] | None = None
+    upstream_port: int,
+    tmp: Path,
+    root: Path = REPO,
+    cpus: frozenset[int] | None = None,
+    workers: int = 1,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`bridge serve` from the checkout at `root`, with the upstream configured."""
     port = free_port()
@@ -420,6 +440,8 @@ def start_bridge(
     env = dict(os.environ, OLLAMA_MODELS=str(tmp / "empty-store"))
     cmd = [sys.executable, "-m", "bridge", "serve", "--demo-model", "off", "--config", str(cfg)]
     cmd += ["--host", f"127.0.0.1:{port}"]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(
         cmd,
         cwd=root,
@@ -435,6 +457,7 @@ def start_bridge(
         try:
             tags = httpx.get(url + "/api/tags", timeout=1).json()
             if any(m["name"] == MODEL for m in tags["models"]):
+                _until_every_process_answers(url, workers)
                 return proc, url
             proc.terminate()
             sys.exit("bridge serve does not list the upstream's model: upstreams are not wired yet")
@@ -442,6 +465,20 @@ def start_bridge(
             time.sleep(0.2)  # bench start-up polling, not a measurement
     proc.terminate()
     sys.exit("bridge serve did not start in 60 s")
+
+
+def _until_every_process_answers(url: str, workers: int) -> None:
+    """Ask on fresh connections until each process has answered a generation itself (request
+    ids start with a per-process prefix): a worker's start-up is then not measured."""
+    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    body["options"] = {"num_predict": 1}
+    seen: set[str] = set()
+    for _ in range(500):
+        if len(seen) >= workers:
+            return
+        with httpx.Client(timeout=30) as fresh:
+            seen.add(fresh.post(url + "/api/chat", json=body).headers["x-request-id"][:6])
+    sys.exit(f"only {len(seen)} of {workers} bridge processes answered")
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -460,7 +497,7 @@ async def run(args: argparse.Namespace, port: int, tmp: Path, cores: Cores) -> l
         if args.e2e:
             # bridge serve, then the bare aiohttp pass-through (the floor of the stack): each
             # idle while the other is measured.
-            proc, bridge_url = start_bridge(port, tmp, args.bridge_root, cores.proxy)
+            proc, bridge_url = start_bridge(port, tmp, args.bridge_root, cores.proxy, args.workers)
             ctx = multiprocessing.get_context("spawn")
             queue: multiprocessing.Queue[int] = ctx.Queue()
             floor = ctx.Process(target=_floor, args=(queue, port, cores.proxy), daemon=True)
@@ -474,7 +511,7 @@ async def run(args: argparse.Namespace, port: int, tmp: Path, cores: Cores) -> l
                 for clients, n, rate in cells:
                     what = "per request" if n == 1 else "per chunk"
                     for (label, url), pid in zip(proxies, (proc.pid, floor.pid), strict=True):
-                        before = process_cpu(pid) or 0.0
+                        before = tree_cpu(pid)
                         d, b = await compare(
                             direct(client, base + "/api/chat", "ollama", n),
                             direct(client, url + "/api/chat", "ollama", n),
@@ -483,7 +520,7 @@ async def run(args: argparse.Namespace, port: int, tmp: Path, cores: Cores) -> l
                             args.blocks,
                             rate,
                         )
-                        spent = (process_cpu(pid) or 0.0) - before
+                        spent = tree_cpu(pid) - before
                         rows.append(row(what, f"ollama ({label})", clients, n, d, b, rate))
                         # The proxy process's own CPU per request it forwarded.
                         rows[-1]["proxy_cpu_us"] = round(spent / len(b.ms) * 1e6, 1)
@@ -553,6 +590,13 @@ def main() -> None:
         help="with --e2e: the checkout whose `bridge serve` runs (to compare two versions)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="with --e2e: bridge serve --workers N (each process gets a core where there are "
+        "enough; proxy CPU counts them all)",
+    )
+    parser.add_argument(
         "--rates",
         type=lambda v: [float(x) for x in v.split(",") if x],
         default=[250.0, 500.0, 1000.0],
@@ -568,7 +612,7 @@ def main() -> None:
 
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[int] = ctx.Queue()
-    cores = Cores.split(os.sched_getaffinity(0))
+    cores = Cores.split(os.sched_getaffinity(0), args.workers if args.e2e else 1)
     _pin(cores.client)
     # Without a proxy process (library mode), the upstream takes the proxy's core.
     upstream = cores.upstream if args.e2e else cores.proxy
@@ -609,6 +653,7 @@ def main() -> None:
         "target_met": ok,  # back to back: the proxy as fast as the clients can send
         "target_met_paced_up_to_rate": paced_ok,  # 50 clients on schedules; 0: at none measured
         "direct_transport": args.direct_transport,
+        "workers": args.workers,
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

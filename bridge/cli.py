@@ -4,17 +4,20 @@ commands (`bridge list`, `pull`, `run`, ...) that talk to a running server like 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import gc
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_runner import GracefulExit
 
 from bridge import OLLAMA_COMPAT_VERSION, __version__
 from bridge.config import SETTINGS, ConfigError, Settings, load_settings
@@ -140,7 +143,7 @@ def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
         )
     elif settings.workers > 1:
         try:
-            sock = workers.listen(addr.host, addr.port)
+            sock = workers.listen(addr.host, addr.port, first=True)
         except OSError as exc:
             print(f"bridge: cannot listen on {addr.host}:{addr.port}: {exc}", file=sys.stderr)
             return 1
@@ -190,7 +193,22 @@ def serve_worker(settings: Settings, private_dir: str) -> int:
         app[SERVICE].resolver.follow(generation.read)
         workers.watch_primary()
 
+    async def stop_once(app: web.Application) -> None:
+        # The first SIGINT or SIGTERM starts the graceful stop; later ones (the primary's
+        # SIGTERM after a service manager's, or the primary's exit) must not break it off.
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+                signal.signal(sig, signal.SIG_IGN)
+            raise GracefulExit()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)  # in place of run_app's
+
     app.on_startup.append(follow_primary)
+    app.on_startup.append(stop_once)
     try:
         sock = workers.listen(addr.host, addr.port)
     except OSError as exc:

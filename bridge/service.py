@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -73,6 +74,22 @@ class ShowInfo:
     remote: tuple[str, str] | None = None
 
 
+# A route already decided for this request (by a worker process's front door), by name.
+_DECIDED: contextvars.ContextVar[tuple[str, Route] | None] = contextvars.ContextVar(
+    "decided", default=None
+)
+
+
+@contextlib.contextmanager
+def decided(raw: str, route: Route) -> Iterator[None]:
+    """Within this block, requests for `raw` in this task go to `route` without a lookup."""
+    token = _DECIDED.set((raw, route))
+    try:
+        yield
+    finally:
+        _DECIDED.reset(token)
+
+
 class Service:
     def __init__(
         self,
@@ -107,17 +124,21 @@ class Service:
             return None
         return target.spec if isinstance(target, Route) else target
 
-    async def served_by_upstream(self, raw: str) -> bool:
-        """Whether a request for `raw` goes to an upstream (as `chat`, `generate` and `embed`
-        decide it); False for local models and for names that are not found or not valid."""
+    async def upstream_route(self, raw: str) -> Route | None:
+        """Where a request for `raw` goes when that is an upstream (as `chat`, `generate` and
+        `embed` decide it); None for local models and names not found or not valid."""
         try:
-            return isinstance(await self._target(raw, missing=""), Route)
+            target = await self._target(raw, missing="")
         except (InvalidModelName, ModelNotFound):
-            return False
+            return None
+        return target if isinstance(target, Route) else None
 
     async def _target(self, raw: str, *, missing: str) -> ModelSpec | Route:
         """A local model, else an upstream route; never another model. A name an upstream
         serves does not rescan the local store on every request (a recent scan is trusted)."""
+        pinned = _DECIDED.get()
+        if pinned is not None and pinned[0] == raw:
+            return pinned[1]
         try:
             served = self.upstreams is not None and self.upstreams.find(raw) is not None
             spec = await self.resolver.find(raw, rescan=not served)

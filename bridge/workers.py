@@ -56,11 +56,19 @@ class StoreGeneration:
             self._map[:8] = (self.read() + 1).to_bytes(8, "little")
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket that the other processes may bind too (SO_REUSEPORT)."""
+def listen(host: str, port: int, *, first: bool = False) -> socket.socket:
+    """A listening socket that the other processes may bind too (SO_REUSEPORT). `first`: the
+    primary's, which must find the port free, as a single process would (another program,
+    or another bridge with workers, on the port is an error, not a share of its traffic)."""
     family, kind, proto, _, addr = socket.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
+    if first:
+        with socket.socket(family, kind, proto) as probe:  # no SO_REUSEPORT: fails if taken
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(addr)
+            if port == 0:
+                addr = (addr[0], probe.getsockname()[1], *addr[2:])
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -98,7 +106,11 @@ class Workers:
     async def start(self) -> None:
         for _ in range(self._count):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bridge", *self._argv, stdin=asyncio.subprocess.PIPE
+                *(sys.executable, "-m", "bridge", *self._argv),
+                stdin=asyncio.subprocess.PIPE,
+                # Out of the terminal's process group: Ctrl-C reaches the primary alone, which
+                # then stops the workers (each stops once, however many signals come).
+                start_new_session=True,
             )
             self._procs.append(proc)
             self._watch.append(asyncio.create_task(self._watch_one(proc)))
@@ -115,13 +127,14 @@ class Workers:
         for proc in self._procs:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(asyncio.gather(*self._watch), grace + 5)
-        except TimeoutError:
+        if not self._watch:
+            return
+        _, lingering = await asyncio.wait(self._watch, timeout=grace + 5)
+        if lingering:
             for proc in self._procs:
                 if proc.returncode is None:
                     proc.kill()
-            await asyncio.gather(*self._watch)
+            await asyncio.wait(lingering)
 
 
 def primary_socket(private_dir: str) -> str:

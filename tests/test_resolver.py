@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from bridge.errors import InvalidModelName
+from bridge.models.gguf_info import GGUFInfo, read_gguf
 from bridge.models.resolver import Resolver
 from tests.ggufgen import write_tiny_gguf
 from tests.store import Store
@@ -126,3 +129,34 @@ async def test_upstream_served_names_never_wait_for_an_aged_scan(tmp_path: Path)
     found = await fresh.find("c", rescan=False)
     assert found is not None and found.name == "c:latest"
     await fresh.close()
+
+
+async def test_lookups_that_wait_for_a_scan_share_it(tmp_path: Path) -> None:
+    """After a change, the 50 requests that arrive together share scans of the disk."""
+    folder = tmp_path / "g"
+    folder.mkdir()
+    tiny = write_tiny_gguf(folder / "a.gguf")
+    reads: list[str] = []
+
+    def read(path: str) -> GGUFInfo:
+        # The real reader, counted; it also moves the file's mtime, so that the next scan
+        # finds a new version and reads it again: one read per scan.
+        reads.append(path)
+        info = read_gguf(path)
+        os.utime(tiny, ns=(len(reads) * 10**9, len(reads) * 10**9))
+        return info
+
+    r = Resolver(
+        store_dir=tmp_path / "none", gguf_dirs=(str(folder),), demo="off", read_header=read
+    )
+    await r.list()
+    assert len(reads) == 1
+    r.changed()
+    # A name served elsewhere (an upstream): after a change, lookups wait for a new scan.
+    found = await asyncio.gather(*(r.find("b", rescan=False) for _ in range(50)))
+    assert found == [None] * 50
+    # Two scans, not 50: the first lookup's, and one more that began after the other 49 asked
+    # (the first began before them), shared by all of them.
+    assert len(reads) == 3
+    await r.list()  # a listing asked for afterwards still reads the disk again
+    assert len(reads) == 4

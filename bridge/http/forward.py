@@ -21,6 +21,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from bridge.http.errors import error_body, is_openai
 from bridge.http.keys import SERVICE
+from bridge.service import decided
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ _HOP = frozenset(
         hdrs.CONTENT_LENGTH,
     )
 )
+# The worker's server has already decoded a compressed request body; so must its headers.
+_NOT_FORWARDED = _HOP | {hdrs.CONTENT_ENCODING.lower(), hdrs.HOST.lower()}
 _PRIMARY = web.AppKey("primary_session", ClientSession)
 
 
@@ -72,8 +75,12 @@ def worker_middleware() -> Middleware:
         if request.method == hdrs.METH_POST and request.path in GENERATION:
             # A malformed body or an unknown model goes on too: the primary words the error.
             model = _model_of(await request.read())
-            if model is not None and await request.app[SERVICE].served_by_upstream(model):
-                return await handler(request)
+            service = request.app[SERVICE]
+            if model is not None and (route := await service.upstream_route(model)) is not None:
+                # Decided once: the handler's own lookup gets this route, whatever the store
+                # does meanwhile (a local model created now goes to the primary next time).
+                with decided(model, route):
+                    return await handler(request)
         return await forward(request)
 
     return to_primary
@@ -82,7 +89,10 @@ def worker_middleware() -> Middleware:
 async def forward(request: web.Request) -> web.StreamResponse:
     """Pass `request` to the primary and stream its answer back as it comes."""
     session = request.app[_PRIMARY]
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _NOT_FORWARDED]
+    # The Host as the client sent it, none included (the primary's Host guard judges it), never
+    # the client library's own.
+    headers.append((hdrs.HOST, request.headers.get(hdrs.HOST, "")))
     if request.body_exists:
         # Already read (the generation check) or streamed as it arrives (a blob upload).
         data = (
@@ -112,6 +122,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
                 await response.write(piece)
             await response.write_eof()
             return response
+    except ConnectionResetError:
+        raise  # the client went away (aiohttp's ClientConnectionResetError is a ClientError too)
     except ClientError as exc:
         log.warning("%s %s: the primary process failed: %s", request.method, request.path, exc)
         if response is not None and response.prepared:

@@ -107,6 +107,8 @@ class Resolver:
         self._last: Index = {}
         self._scanned_at = 0.0  # 0: no scan to trust (none yet, or the store changed since)
         self._generation = 0  # bumped by changed(): a scan begun before it is not trusted
+        self._scanned_generation = -1  # the generation the last scan began in
+        self._scans_begun = 0
         self._refreshing: asyncio.Task[Index] | None = None
         # Told of every changed(): other processes' resolvers over the same store (workers).
         self.watchers: list[Callable[[], None]] = []
@@ -176,12 +178,22 @@ class Resolver:
         return None
 
     async def _index(self) -> Index:
-        # One scan at a time: concurrent requests share the caches instead of racing on them.
+        # One scan at a time: concurrent requests share the caches instead of racing on them,
+        # and those that waited share the scan that began after they asked (50 requests after
+        # a change make one scan, not 50).
+        asked = self._scans_begun
         async with self._lock:
+            if self._scans_begun > asked and self._scanned_generation == self._generation:
+                return self._last
+            self._scans_begun += 1
             generation = self._generation
             self._last = await asyncio.to_thread(self._scan)
-            if generation == self._generation:  # nothing changed while it ran
-                self._scanned_at = time.monotonic()
+            self._scanned_generation = generation
+            # Trusted only if nothing changed while it ran; changed() may run on another thread
+            # at any moment, so set the time first, then look again.
+            self._scanned_at = time.monotonic()
+            if generation != self._generation:
+                self._scanned_at = 0.0
             return self._last
 
     async def close(self) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from bridge.workers import SUPPORTED
@@ -31,6 +34,9 @@ class Served:
     url: str
     workers: list[int]
     upstream: Fake
+    tmp: Path  # the processes' TMPDIR (the primary's private folder goes there)
+    log: list[str] = field(default_factory=list)  # the log after start-up, as it comes
+    logged: asyncio.Task[None] | None = None  # done when the log ends (every process exited)
 
 
 async def _lines_until(proc: asyncio.subprocess.Process, *patterns: str) -> list[re.Match[str]]:
@@ -55,10 +61,10 @@ async def served(store: Store, tmp_path: Path) -> AsyncIterator[Served]:
             *(sys.executable, "-m", "bridge", "serve", "--config", str(cfg), "--workers", "2"),
             *("--host", "127.0.0.1:0", "--demo-model", "off"),
             cwd=REPO,
-            env=dict(os.environ, OLLAMA_MODELS=str(store.root)),
+            env=dict(os.environ, OLLAMA_MODELS=str(store.root), TMPDIR=str(tmp_path)),
             stderr=asyncio.subprocess.PIPE,
         )
-        drain: asyncio.Task[None] | None = None
+        served: Served | None = None
         try:
             started, listening, _ = await asyncio.wait_for(
                 _lines_until(
@@ -69,21 +75,22 @@ async def served(store: Store, tmp_path: Path) -> AsyncIterator[Served]:
                 ),
                 60,
             )
-            # The log is no longer read: let it flow out (a full pipe would stall the server).
-            drain = asyncio.create_task(_drain(proc))
-            yield Served(proc, listening[1], [int(started[1])], up)
+            served = Served(proc, listening[1], [int(started[1])], up, tmp_path)
+            # Keep reading the log (a full pipe would stall the server).
+            served.logged = asyncio.create_task(_collect(proc, served.log))
+            yield served
         finally:
             if proc.returncode is None:
                 proc.terminate()
             await proc.wait()
-            if drain is not None:
-                drain.cancel()
+            if served is not None and served.logged is not None:
+                served.logged.cancel()
 
 
-async def _drain(proc: asyncio.subprocess.Process) -> None:
+async def _collect(proc: asyncio.subprocess.Process, into: list[str]) -> None:
     assert proc.stderr is not None
-    while await proc.stderr.readline():
-        pass
+    while line := await proc.stderr.readline():
+        into.append(line.decode())
 
 
 async def fresh(url: str, method: str, path: str, **kw: object) -> httpx.Response:
@@ -150,3 +157,67 @@ async def test_workers_stop_with_the_primary(served: Served) -> None:
             loop.remove_reader(watch)
     finally:
         os.close(watch)
+
+
+async def test_bodies_and_headers_pass_through_a_worker_as_sent(served: Served) -> None:
+    show = gzip.compress(orjson.dumps({"model": SMOL}))
+    for _ in range(6):
+        # A compressed body: each process's server decodes it once.
+        r = await fresh(
+            served.url, "POST", "/api/show", content=show, headers={"Content-Encoding": "gzip"}
+        )
+        assert r.status_code == 200 and r.json()["details"]["family"] == "llama"
+        # No Host header at all (HTTP/1.0, as load balancers' health checks send).
+        host, port = served.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /api/version HTTP/1.0\r\n\r\n")
+        status = await reader.readline()
+        writer.close()
+        assert status.startswith(b"HTTP/1.0 200") or status.startswith(b"HTTP/1.1 200"), status
+
+
+async def test_a_second_server_cannot_take_a_share_of_the_port(served: Served) -> None:
+    second = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bridge", "serve", "--workers", "2", "--host", served.url),
+        cwd=REPO,
+        env=dict(os.environ, OLLAMA_MODELS=str(served.tmp / "other")),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(second.communicate(), 60)
+    assert second.returncode == 1 and b"cannot listen" in err
+
+
+async def test_a_stuck_worker_is_killed_when_the_primary_stops(served: Served) -> None:
+    (worker,) = served.workers
+    os.kill(worker, signal.SIGSTOP)  # it can no longer stop by itself
+    served.proc.terminate()
+    assert await asyncio.wait_for(served.proc.wait(), 60) == 0
+    with pytest.raises(ProcessLookupError):  # killed and reaped by the primary
+        os.kill(worker, 0)
+    assert not list(served.tmp.glob("bridge-*"))  # its private folder is gone
+
+
+async def test_signals_to_every_process_stop_them_cleanly(served: Served) -> None:
+    """A service manager signals every process; the primary then signals its workers again,
+    while they still pass on streams (six connections: some reach the worker)."""
+    body = CHAT | {"model": SMOL, "stream": True, "options": {"num_predict": 64}}
+    first = asyncio.get_running_loop().create_future()
+
+    async def stream() -> None:
+        async with (
+            httpx.AsyncClient(base_url=served.url, timeout=120) as http,
+            http.stream("POST", "/api/chat", json=body) as r,
+        ):
+            async for _ in r.aiter_lines():
+                if not first.done():
+                    first.set_result(None)
+
+    streams = [asyncio.create_task(stream()) for _ in range(6)]
+    await asyncio.wait_for(first, 120)
+    for pid in (*served.workers, served.proc.pid):
+        os.kill(pid, signal.SIGTERM)
+    assert await asyncio.wait_for(served.proc.wait(), 60) == 0
+    await asyncio.gather(*streams, return_exceptions=True)  # cut off, or finished in the grace
+    assert served.logged is not None
+    await asyncio.wait_for(served.logged, 60)  # every process has closed its end of the log
+    assert not [line for line in served.log if "Traceback" in line or "ERROR" in line]

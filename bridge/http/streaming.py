@@ -29,6 +29,13 @@ T = TypeVar("T")
 _GONE = (ConnectionResetError, ConnectionError)
 
 
+class _Stream(web.StreamResponse):
+    # The status line and headers go out with the first record, in one write; aiohttp would
+    # otherwise send them alone at prepare(), one more system call for every reply. Nothing
+    # waits for it: prepare() is called once the first record is there.
+    _send_headers_immediately = False
+
+
 async def stream_response(
     request: web.Request,
     items: AsyncIterator[T],
@@ -47,7 +54,7 @@ async def stream_response(
             first = await anext(items)
         except StopAsyncIteration:
             first = None
-        response = web.StreamResponse(status=200)
+        response = _Stream(status=200)
         response.content_type = content_type
         if content_type == "text/event-stream":
             response.headers["Cache-Control"] = "no-cache"

@@ -183,7 +183,12 @@ async def test_a_second_server_cannot_take_a_share_of_the_port(served: Served) -
         env=dict(os.environ, OLLAMA_MODELS=str(served.tmp / "other")),
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(second.communicate(), 60)
+    try:
+        _, err = await asyncio.wait_for(second.communicate(), 60)
+    finally:
+        if second.returncode is None:  # it started after all: stop it, then fail
+            second.kill()
+            await second.wait()
     assert second.returncode == 1 and b"cannot listen" in err
 
 

@@ -17,6 +17,7 @@ the primary is gone, and the worker stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mmap
 import os
@@ -24,6 +25,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from bridge.domain import LoadOptions, ModelSpec
@@ -93,48 +95,81 @@ class PrimaryOnlyEngine:
 
 
 class Workers:
-    """The primary's side: starts the workers, tells them of store changes, stops them."""
+    """The primary's side: starts the workers, restarts one that dies, stops them."""
+
+    # A worker that dies this soon after its start, this many times running, is not restarted
+    # again (it cannot start: a bad setting, a port taken by someone else).
+    QUICK_EXIT = 10.0
+    MAX_QUICK_EXITS = 3
+    RESTART_DELAY = 1.0
 
     def __init__(self, argv: Sequence[str], count: int, private_dir: str) -> None:
         self._argv = [*argv, "--worker-of", private_dir]
         self._count = count
-        self._procs: list[asyncio.subprocess.Process] = []
-        self._watch: list[asyncio.Task[None]] = []
-        self._stopping = False
+        self._procs: dict[int, asyncio.subprocess.Process] = {}  # by slot
+        self._keep: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self.generation = StoreGeneration(generation_path(private_dir), create=True)
 
     async def start(self) -> None:
-        for _ in range(self._count):
-            proc = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "bridge", *self._argv),
-                stdin=asyncio.subprocess.PIPE,
-                # Out of the terminal's process group: Ctrl-C reaches the primary alone, which
-                # then stops the workers (each stops once, however many signals come).
-                start_new_session=True,
-            )
-            self._procs.append(proc)
-            self._watch.append(asyncio.create_task(self._watch_one(proc)))
-        log.info("started %d worker process(es): %s", self._count, [p.pid for p in self._procs])
+        for slot in range(self._count):
+            await self._spawn(slot)
+            self._keep.append(asyncio.create_task(self._keep_running(slot)))
+        log.info("started %d worker process(es): %s", self._count, self.pids())
 
-    async def _watch_one(self, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
-        if not self._stopping:
-            log.error("worker process %d exited (%s); the others go on", proc.pid, code)
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs.values()]
+
+    async def _spawn(self, slot: int) -> None:
+        self._procs[slot] = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "bridge", *self._argv),
+            stdin=asyncio.subprocess.PIPE,
+            # Out of the terminal's process group: Ctrl-C reaches the primary alone, which
+            # then stops the workers (each stops once, however many signals come).
+            start_new_session=True,
+        )
+
+    async def _keep_running(self, slot: int) -> None:
+        quick = 0
+        while True:
+            proc = self._procs[slot]
+            began = time.monotonic()
+            code = await proc.wait()
+            if self._stopping.is_set():
+                return
+            quick = quick + 1 if time.monotonic() - began < self.QUICK_EXIT else 0
+            if quick >= self.MAX_QUICK_EXITS:
+                log.error(
+                    "worker process %d exited (%s), %d times soon after starting: not "
+                    "restarted; the others go on",
+                    proc.pid,
+                    code,
+                    quick,
+                )
+                return
+            log.error("worker process %d exited (%s); starting another", proc.pid, code)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.RESTART_DELAY)
+                return  # stopping meanwhile
+            await self._spawn(slot)
+            log.info("worker process %d started", self._procs[slot].pid)
 
     async def stop(self, grace: float) -> None:
         """SIGTERM (open streams get `grace` seconds), then SIGKILL for any that lingers."""
-        self._stopping = True
-        for proc in self._procs:
+        self._stopping.set()
+        for proc in self._procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
-        if not self._watch:
+        waits = [asyncio.create_task(p.wait()) for p in self._procs.values()]
+        if not waits:
             return
-        _, lingering = await asyncio.wait(self._watch, timeout=grace + 5)
+        _, lingering = await asyncio.wait(waits, timeout=grace + 5)
         if lingering:
-            for proc in self._procs:
+            for proc in self._procs.values():
                 if proc.returncode is None:
                     proc.kill()
             await asyncio.wait(lingering)
+        await asyncio.gather(*self._keep, return_exceptions=True)
 
 
 def primary_socket(private_dir: str) -> str:

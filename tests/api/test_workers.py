@@ -37,6 +37,16 @@ class Served:
     tmp: Path  # the processes' TMPDIR (the primary's private folder goes there)
     log: list[str] = field(default_factory=list)  # the log after start-up, as it comes
     logged: asyncio.Task[None] | None = None  # done when the log ends (every process exited)
+    more: asyncio.Condition = field(default_factory=asyncio.Condition)  # notified per line
+
+    async def logs(self, pattern: str) -> re.Match[str]:
+        """The first line of the log after start-up that matches, once it has come."""
+        async with self.more:
+            while True:
+                for line in self.log:
+                    if m := re.search(pattern, line):
+                        return m
+                await self.more.wait()
 
 
 async def _lines_until(proc: asyncio.subprocess.Process, *patterns: str) -> list[re.Match[str]]:
@@ -77,7 +87,7 @@ async def served(store: Store, tmp_path: Path) -> AsyncIterator[Served]:
             )
             served = Served(proc, listening[1], [int(started[1])], up, tmp_path)
             # Keep reading the log (a full pipe would stall the server).
-            served.logged = asyncio.create_task(_collect(proc, served.log))
+            served.logged = asyncio.create_task(_collect(proc, served))
             yield served
         finally:
             if proc.returncode is None:
@@ -87,10 +97,12 @@ async def served(store: Store, tmp_path: Path) -> AsyncIterator[Served]:
                 served.logged.cancel()
 
 
-async def _collect(proc: asyncio.subprocess.Process, into: list[str]) -> None:
+async def _collect(proc: asyncio.subprocess.Process, served: Served) -> None:
     assert proc.stderr is not None
     while line := await proc.stderr.readline():
-        into.append(line.decode())
+        async with served.more:
+            served.log.append(line.decode())
+            served.more.notify_all()
 
 
 async def fresh(url: str, method: str, path: str, **kw: object) -> httpx.Response:
@@ -226,3 +238,18 @@ async def test_signals_to_every_process_stop_them_cleanly(served: Served) -> Non
     assert served.logged is not None
     await asyncio.wait_for(served.logged, 60)  # every process has closed its end of the log
     assert not [line for line in served.log if "Traceback" in line or "ERROR" in line]
+
+
+async def test_a_worker_that_dies_is_replaced(served: Served) -> None:
+    (worker,) = served.workers
+    os.kill(worker, signal.SIGKILL)
+    exited = await asyncio.wait_for(served.logs(rf"worker process {worker} exited"), 60)
+    assert "starting another" in exited.string
+    new = int((await asyncio.wait_for(served.logs(r"worker (\d+) answering"), 60))[1])
+    assert new != worker
+    replies = [
+        await fresh(served.url, "POST", "/api/chat", json=CHAT | {"model": "remote"})
+        for _ in range(24)
+    ]
+    assert all(r.status_code == 200 for r in replies)
+    assert len({r.headers["x-request-id"][:6] for r in replies}) == 2  # both processes again

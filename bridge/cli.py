@@ -200,8 +200,7 @@ def serve_worker(settings: Settings, private_dir: str) -> int:
 
         def stop() -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-                signal.signal(sig, signal.SIG_IGN)
+                loop.add_signal_handler(sig, lambda: None)  # no moment with the default
             raise GracefulExit()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

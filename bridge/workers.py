@@ -151,8 +151,15 @@ class Workers:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.RESTART_DELAY)
                 return  # stopping meanwhile
-            await self._spawn(slot)
-            log.info("worker process %d started", self._procs[slot].pid)
+            try:
+                await self._spawn(slot)
+            except OSError as exc:
+                log.error("cannot start a worker process: %s; the others go on", exc)
+                return
+            if self._stopping.is_set():  # stop() began while it started: it missed this one
+                self._procs[slot].send_signal(signal.SIGTERM)
+            else:
+                log.info("worker process %d started", self._procs[slot].pid)
 
     async def stop(self, grace: float) -> None:
         """SIGTERM (open streams get `grace` seconds), then SIGKILL for any that lingers."""
@@ -160,16 +167,16 @@ class Workers:
         for proc in self._procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
-        waits = [asyncio.create_task(p.wait()) for p in self._procs.values()]
-        if not waits:
+        if not self._keep:
             return
-        _, lingering = await asyncio.wait(waits, timeout=grace + 5)
+        # Each supervisor ends once its current worker has exited (one it was starting when
+        # the stop began included: it signals that one itself).
+        _, lingering = await asyncio.wait(self._keep, timeout=grace + 5)
         if lingering:
             for proc in self._procs.values():
                 if proc.returncode is None:
                     proc.kill()
-            await asyncio.wait(lingering)
-        await asyncio.gather(*self._keep, return_exceptions=True)
+            await asyncio.wait(lingering, timeout=5)
 
 
 def primary_socket(private_dir: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,39 @@ async def test_lookups_that_wait_for_a_scan_share_it(tmp_path: Path) -> None:
     assert len(reads) == 3
     await r.list()  # a listing asked for afterwards still reads the disk again
     assert len(reads) == 4
+
+
+async def test_a_scan_whose_client_went_away_is_not_taken_for_a_newer_one(tmp_path: Path) -> None:
+    """A lookup that waited behind a scan that was cancelled (its client disconnected) still
+    gets a scan that began after it asked, not the one before."""
+    folder = tmp_path / "g"
+    folder.mkdir()
+    write_tiny_gguf(folder / "a.gguf")
+    gates = {"b.gguf": threading.Event(), "new.gguf": threading.Event()}
+    entered = {name: threading.Event() for name in gates}
+
+    def read(path: str) -> GGUFInfo:  # the real reader, held at the gate of a gated file
+        name = Path(path).name
+        if name in gates:
+            entered[name].set()
+            gates[name].wait(30)
+        return read_gguf(path)
+
+    r = Resolver(
+        store_dir=tmp_path / "none", gguf_dirs=(str(folder),), demo="off", read_header=read
+    )
+    await r.list()
+    write_tiny_gguf(folder / "b.gguf")
+    first = asyncio.create_task(r.list())  # a scan that lists a and b, then waits at b
+    await asyncio.to_thread(entered["b.gguf"].wait, 30)
+    write_tiny_gguf(folder / "new.gguf")  # dropped in while that scan runs
+    gone = asyncio.create_task(r.list())  # queued; its client will go away mid-scan
+    lookup = asyncio.create_task(r.find("new"))  # queued; asked after new.gguf was there
+    gates["b.gguf"].set()
+    await first
+    await asyncio.to_thread(entered["new.gguf"].wait, 30)  # `gone` is scanning now
+    gone.cancel()
+    gates["new.gguf"].set()
+    found = await lookup
+    assert found is not None and found.name == "new:latest"
+    await r.close()

@@ -108,7 +108,8 @@ class Resolver:
         self._scanned_at = 0.0  # 0: no scan to trust (none yet, or the store changed since)
         self._generation = 0  # bumped by changed(): a scan begun before it is not trusted
         self._scanned_generation = -1  # the generation the last scan began in
-        self._scans_begun = 0
+        self._scans_begun = 0  # scans begun, numbered from 1
+        self._last_scan = 0  # the number of the scan whose result is `_last`
         self._refreshing: asyncio.Task[Index] | None = None
         # Told of every changed(): other processes' resolvers over the same store (workers).
         self.watchers: list[Callable[[], None]] = []
@@ -183,11 +184,14 @@ class Resolver:
         # a change make one scan, not 50).
         asked = self._scans_begun
         async with self._lock:
-            if self._scans_begun > asked and self._scanned_generation == self._generation:
+            if self._last_scan > asked and self._scanned_generation == self._generation:
                 return self._last
             self._scans_begun += 1
+            scan = self._scans_begun
             generation = self._generation
+            # Cancelled (its client went away) or failed, it leaves the last scan as it was.
             self._last = await asyncio.to_thread(self._scan)
+            self._last_scan = scan
             self._scanned_generation = generation
             # Trusted only if nothing changed while it ran; changed() may run on another thread
             # at any moment, so set the time first, then look again.

@@ -79,6 +79,12 @@ async def stream_response(
                 await out.finish(encode_error(exc))
         except _GONE:
             log.debug("%s %s: client went away", request.method, request.path)
+        except Exception:
+            # A bug, after the status line went out: the error middleware's 500 reply would
+            # break the stream's framing, so it ends in-band, as any other failure does.
+            log.exception("unhandled error in %s %s mid-stream", request.method, request.path)
+            with contextlib.suppress(*_GONE):
+                await out.finish(encode_error(BridgeError("internal server error")))
         return response
     finally:
         await _aclose(items)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import orjson
 
-from bridge.domain import LoadOptions, ModelSpec
+from bridge.domain import Chunk, Completion, LoadOptions, ModelSpec
 from bridge.engine.base import LoadedModel
 from bridge.engine.llamacpp import LlamaCppEngine
 from bridge.errors import ModelLoadFailed
@@ -121,3 +123,44 @@ async def test_a_gguf_folder_model_is_loaded_once_across_preload_and_chat(
             "done_reason"
         ] == "load"
     assert CountingEngine.loads == 1
+
+
+class BuggyEngine(LlamaCppEngine):
+    """The real engine, whose streams raise a plain exception (a bug) after the first token."""
+
+    async def load(self, spec: ModelSpec, options: LoadOptions) -> LoadedModel:  # type: ignore[override]
+        return _Buggy(await super().load(spec, options))  # type: ignore[return-value]
+
+
+class _Buggy:
+    def __init__(self, inner: LoadedModel) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def complete(self, completion: Completion) -> AsyncIterator[Chunk]:
+        async with contextlib.aclosing(self._inner.complete(completion)) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
+                raise RuntimeError("a bug in the engine")
+
+
+async def test_a_bug_mid_stream_ends_the_stream_in_band(start: Start, store: Store) -> None:
+    """After the status line went out, a non-protocol error still ends the stream with an
+    in-band error in its own framing (not a second status line or a 500 reply)."""
+    server = await start(settings_for(store), engine_factory=BuggyEngine)
+    msgs = [{"role": "user", "content": "hi"}]
+    async with httpx.AsyncClient(base_url=str(server.make_url("")), timeout=120) as http:
+        r = await http.post("/api/chat", json={"model": SMOL, "messages": msgs})
+        lines = [orjson.loads(line) for line in r.text.splitlines()]
+        assert r.status_code == 200 and lines[0]["done"] is False
+        assert lines[-1] == {"error": "internal server error"}
+        body = {"model": SMOL, "messages": msgs, "stream": True}
+        r = await http.post("/v1/chat/completions", json=body)
+        events = [e for e in r.text.split("\n\n") if e]
+        assert r.status_code == 200 and events[0].startswith("data: {")
+        error = orjson.loads(events[-1].removeprefix("data: "))
+        assert error["error"]["message"] == "internal server error"
+        # The connection is still good for the next request.
+        assert (await http.get("/api/version")).status_code == 200

@@ -11,13 +11,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypedDict
 
 from aiohttp import web
-from aiohttp.web_runner import GracefulExit
 
 from bridge import OLLAMA_COMPAT_VERSION, __version__
 from bridge.config import SETTINGS, ConfigError, Settings, load_settings
@@ -136,7 +136,8 @@ def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
     app = create_app(settings)
     app.on_startup.append(_freeze_startup_objects)
     log = logging.getLogger("bridge")
-    where: dict[str, Any] = {"host": addr.host, "port": addr.port}
+    listen: Listen = {"host": addr.host, "port": addr.port}
+    drain = None
     if settings.workers > 1 and not workers.SUPPORTED:
         log.warning(
             "workers = %d needs Linux (SO_REUSEPORT); serving from one process", settings.workers
@@ -157,25 +158,31 @@ def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
             app[SERVICE].resolver.watchers.append(pool.generation.bump)
             await pool.start()
 
-        async def stop_workers(app: web.Application) -> None:
+        async def drain() -> None:
+            # Before the primary closes its private socket: the workers' requests in flight
+            # may still need it (everything but upstream generations passes through it).
+            log.info("stopping: the worker processes finish their requests first")
+            app[SERVICE].scheduler.interrupt()  # as a server without workers does at once
             await pool.stop(SHUTDOWN_GRACE)
+
+        async def stop_workers(app: web.Application) -> None:
+            await pool.stop(SHUTDOWN_GRACE)  # at once where the start-up failed
             shutil.rmtree(private, ignore_errors=True)
 
         app.on_startup.append(start_workers)
         app.on_shutdown.append(stop_workers)
-        where = {"sock": sock, "path": workers.primary_socket(private)}
+        listen = {"sock": sock, "private": workers.primary_socket(private)}
 
-    def ready(_banner: str) -> None:
-        # run_app calls this once the socket is listening.
+    def ready() -> None:
         log.info(
             "bridge %s (Ollama API %s) listening on %s%s",
             __version__,
             OLLAMA_COMPAT_VERSION,
             addr.url,
-            f" ({settings.workers} processes)" if "sock" in where else "",
+            f" ({settings.workers} processes)" if "sock" in listen else "",
         )
 
-    return _run(app, where, ready)
+    return _run(app, listen, ready, drain)
 
 
 def serve_worker(settings: Settings, private_dir: str) -> int:
@@ -193,53 +200,90 @@ def serve_worker(settings: Settings, private_dir: str) -> int:
         app[SERVICE].resolver.follow(generation.read)
         workers.watch_primary()
 
-    async def stop_once(app: web.Application) -> None:
-        # The first SIGINT or SIGTERM starts the graceful stop; later ones (the primary's
-        # SIGTERM after a service manager's, or the primary's exit) must not break it off.
-        loop = asyncio.get_running_loop()
-
-        def stop() -> None:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, lambda: None)  # no moment with the default
-            raise GracefulExit()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)  # in place of run_app's
-
     app.on_startup.append(follow_primary)
-    app.on_startup.append(stop_once)
     try:
         sock = workers.listen(addr.host, addr.port)
     except OSError as exc:
         print(f"bridge worker: cannot listen on {addr.host}:{addr.port}: {exc}", file=sys.stderr)
         return 1
 
-    def ready(_banner: str) -> None:
+    def ready() -> None:
         log.info("worker %d answering on %s", os.getpid(), addr.url)
 
     return _run(app, {"sock": sock}, ready)
 
 
-def _run(app: web.Application, where: dict[str, Any], ready: Callable[[str], None]) -> int:
+class Listen(TypedDict, total=False):
+    host: str
+    port: int
+    sock: socket.socket  # bound already (workers share the port)
+    private: str  # a Unix socket for the primary's workers alone
+
+
+def _run(
+    app: web.Application,
+    listen: Listen,
+    ready: Callable[[], None],
+    drain: Callable[[], Awaitable[None]] | None = None,
+) -> int:
     try:
-        # handler_cancellation: a client that disconnects cancels its handler at once, which
-        # frees its queue place or slot and stops its generation.
-        web.run_app(
-            app,
-            **where,
-            print=ready,
-            handler_cancellation=True,
-            access_log=None,
-            # On SIGINT/SIGTERM open streams get this long to finish, then are cancelled
-            # (which stops their generation); then every model is unloaded.
-            shutdown_timeout=SHUTDOWN_GRACE,
-        )
-    except OSError as exc:
-        print(
-            f"bridge: cannot listen on {where.get('host')}:{where.get('port')}: {exc}",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt:
-        pass
+        with asyncio.Runner() as runner:
+            return runner.run(_serve_until_stopped(app, listen, ready, drain))
+    except KeyboardInterrupt:  # Ctrl-C before the server took over the signals
+        return 0
+
+
+async def _serve_until_stopped(
+    app: web.Application,
+    listen: Listen,
+    ready: Callable[[], None],
+    drain: Callable[[], Awaitable[None]] | None,
+) -> int:
+    """Serve until SIGINT or SIGTERM, then stop in this order: stop accepting on the public
+    socket (as Ollama does at once); `drain` (the workers finish and exit); then open streams
+    get SHUTDOWN_GRACE seconds, the private socket closes, and every model is unloaded.
+    Later signals change nothing: a service manager that signals every process, and the
+    primary that signals its workers again, must not break a stop off half-way."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def stop() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: None)
+        stopping.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        # A client that disconnects cancels its handler at once, which frees its queue place
+        # or slot and stops its generation.
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_GRACE,
+    )
+    await runner.setup()  # start-up: settings, the first scan, upstreams, workers
+    try:
+        if "sock" in listen:
+            public: web.BaseSite = web.SockSite(runner, listen["sock"])
+        else:
+            public = web.TCPSite(runner, listen["host"], listen["port"])
+        try:
+            await public.start()
+        except OSError as exc:
+            print(
+                f"bridge: cannot listen on {listen.get('host')}:{listen.get('port')}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        if "private" in listen:
+            await web.UnixSite(runner, listen["private"]).start()
+        ready()
+        await stopping.wait()
+        await public.stop()
+        if drain is not None:
+            await drain()
+    finally:
+        await runner.cleanup()
     return 0

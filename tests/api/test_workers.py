@@ -253,3 +253,36 @@ async def test_a_worker_that_dies_is_replaced(served: Served) -> None:
     ]
     assert all(r.status_code == 200 for r in replies)
     assert len({r.headers["x-request-id"][:6] for r in replies}) == 2  # both processes again
+
+
+async def test_what_a_worker_took_before_the_stop_still_reaches_the_primary(
+    served: Served,
+) -> None:
+    """The primary keeps its private socket open until its workers have exited: a request
+    that a worker accepted before the stop, and passes on after it, is answered (not 502)."""
+    body = orjson.dumps({"model": SMOL})
+    host, port = served.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/show HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
+    conns = []
+    for _ in range(16):  # the kernel picks the process per connection: some reach the worker
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head)
+        # A process has taken the connection and is in the handler, waiting for the body.
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60) == (
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+        )
+        conns.append((reader, writer))
+    served.proc.terminate()
+    await asyncio.wait_for(served.logs("stopping: the worker processes finish"), 60)
+    for _, writer in conns:
+        writer.write(body)
+    for reader, writer in conns:
+        status = await asyncio.wait_for(reader.readline(), 60)
+        head_and_body = await asyncio.wait_for(reader.read(), 60)  # the server closes
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 200"), status + head_and_body
+        assert b'"family":"llama"' in head_and_body
+    assert await asyncio.wait_for(served.proc.wait(), 60) == 0

@@ -6,12 +6,18 @@ Unknown fields are ignored; a field of the wrong JSON type is a 400 naming the f
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from bridge.errors import InvalidRequest
+from bridge.http.goscan import GoSyntaxError, first_value_end
 
 _GO_TYPES = {
     str: "string",
@@ -38,14 +44,34 @@ def json_type(value: Any) -> str:
     return "null"
 
 
-def decode_object(body: bytes, struct: str) -> dict[str, Any]:
-    """Body bytes -> JSON object; empty, malformed or non-object bodies are 400s."""
-    if not body.strip():
-        raise InvalidRequest("missing request body")
+# Go's scanner runs in Python, about a microsecond a byte: a malformed body larger than this
+# is scanned on a thread, so that a bad 100 MB body never stalls the event loop.
+_SCAN_ON_LOOP = 1 << 16
+
+
+async def read_object(request: web.Request, struct: str) -> dict[str, Any]:
+    """The request's body, decoded as `decode_object` does."""
+    body = await request.read()
+    if len(body) <= _SCAN_ON_LOOP:
+        return decode_object(body, struct)
     try:
         value = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(_syntax_error(body, exc)) from exc
+    except orjson.JSONDecodeError:
+        value = await asyncio.to_thread(_decode_like_go, body)
+    return _as_object(value, struct)
+
+
+def decode_object(body: bytes, struct: str) -> dict[str, Any]:
+    """Body bytes -> JSON object; empty, malformed or non-object bodies are 400s. As Go's
+    Decoder, only the first JSON value counts: whatever follows it is ignored."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        value = _decode_like_go(body)
+    return _as_object(value, struct)
+
+
+def _as_object(value: Any, struct: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest(
             f"json: cannot unmarshal {json_type(value)} into Go value of type {struct}"
@@ -53,27 +79,46 @@ def decode_object(body: bytes, struct: str) -> dict[str, Any]:
     return value
 
 
-def _syntax_error(body: bytes, exc: orjson.JSONDecodeError) -> str:
-    pos = exc.pos
-    text = body.decode("utf-8", "replace")
-    stripped = text.rstrip()
-    if pos >= len(stripped):
-        return "unexpected EOF"
-    ch = text[pos]
-    where = (
-        "looking for beginning of value"
-        if not text[:pos].strip()
-        else ("after top-level value" if _complete(text[:pos]) else "in JSON value")
-    )
-    return f"invalid character {ch!r} {where}"
-
-
-def _complete(prefix: str) -> bool:
+def _decode_like_go(body: bytes) -> Any:
     try:
-        orjson.loads(prefix)
+        end = first_value_end(body)
+    except GoSyntaxError as exc:
+        # Ollama's handlers answer io.EOF (nothing but white space) with this text.
+        raise InvalidRequest("missing request body" if str(exc) == "EOF" else str(exc)) from None
+    head = body[:end]
+    try:
+        return orjson.loads(head)
     except orjson.JSONDecodeError:
-        return False
-    return True
+        pass
+    # Valid to Go, not to orjson: bytes that are not UTF-8 and lone surrogate escapes (Go
+    # decodes both as U+FFFD), numbers past a double's range, nesting past 1024 levels.
+    try:
+        value = json.loads(head.decode("utf-8", "replace"), parse_float=_go_float)
+    except RecursionError:
+        raise InvalidRequest("exceeded max depth") from None
+    return _without_surrogates(value)
+
+
+def _go_float(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise InvalidRequest(
+            f"json: cannot unmarshal number {literal} into Go value of type float64"
+        )
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
 
 
 class Fields:

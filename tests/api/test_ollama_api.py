@@ -391,6 +391,60 @@ async def test_unknown_model_and_bad_names(http: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json() == {"error": "model is required"}
 
 
+# What Go's json.Decoder answers (Ollama's handlers pass its text on), byte for byte.
+GO_SYNTAX_ERRORS = [
+    (b"  \r\n", "missing request body"),
+    (b"{bad", "invalid character 'b' looking for beginning of object key string"),
+    (b'{"model" "x"}', "invalid character '\"' after object key"),
+    (b'{"model":"x" "stream":false}', "invalid character '\"' after object key:value pair"),
+    (b'{"messages":[{} {}]}', "invalid character '{' after array element"),
+    (b'{"model":"x",}', "invalid character '}' looking for beginning of object key string"),
+    (b"{'model':'x'}", "invalid character '\\'' looking for beginning of object key string"),
+    (b'{"stream":nope}', "invalid character 'o' in literal null (expecting 'u')"),
+    (b'{"stream":tru}', "invalid character '}' in literal true (expecting 'e')"),
+    (b'{"keep_alive":-x}', "invalid character 'x' in numeric literal"),
+    (b'{"keep_alive":1.}', "invalid character '}' after decimal point in numeric literal"),
+    (b'{"keep_alive":1e}', "invalid character '}' in exponent of numeric literal"),
+    (b'{"model":"a\tb"}', "invalid character '\\t' in string literal"),
+    (b'{"model":"\\q"}', "invalid character 'q' in string escape code"),
+    (b'{"model":"\\u00g0"}', "invalid character 'g' in \\u hexadecimal character escape"),
+    (b'{"model":"x"', "unexpected EOF"),
+    (b"<html>", "invalid character '<' looking for beginning of value"),
+    (b"\xef\xbb\xbf{}", "invalid character '\u00ef' looking for beginning of value"),
+    (b"\x80", "invalid character '\\u0080' looking for beginning of value"),
+    (b"\x0c{}", "invalid character '\\f' looking for beginning of value"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), GO_SYNTAX_ERRORS)
+async def test_malformed_bodies_get_gos_own_message(
+    http: httpx.AsyncClient, body: bytes, message: str
+) -> None:
+    r = await http.post("/api/chat", content=body)
+    assert r.status_code == 400 and r.json() == {"error": message}
+
+
+async def test_a_large_malformed_body_gets_gos_message_too(http: httpx.AsyncClient) -> None:
+    body = b'{"model": "m", "images": ["' + b"QUFB" * 250_000 + b'"], "stream": flase}'
+    r = await http.post("/api/generate", content=body)  # scanned on a thread: 1 MB
+    assert r.status_code == 400
+    assert r.json() == {"error": "invalid character 'l' in literal false (expecting 'a')"}
+    cut = body[: body.index(b', "stream"')]  # the end never came
+    r = await http.post("/v1/chat/completions", content=cut)
+    assert r.status_code == 400 and r.json()["error"]["message"] == "unexpected EOF"
+
+
+async def test_only_the_first_json_value_of_a_body_counts(http: httpx.AsyncClient) -> None:
+    """As Go's Decoder: what follows the first value is never read."""
+    for tail in (b" trailing", b"{", b'\n{"model": "other"}'):
+        r = await http.post("/api/show", content=b'{"model": "ghost"}' + tail)
+        assert r.status_code == 404 and r.json() == {"error": "model 'ghost:latest' not found"}
+    # Bytes that are not UTF-8 and lone surrogate escapes are no syntax error to Go either.
+    for name in (b"gh\xffst", b"gh\\ud800st"):
+        r = await http.post("/api/show", content=b'{"model": "' + name + b'"}')
+        assert r.status_code == 400 and r.json() == {"error": "invalid model name"}
+
+
 async def test_bad_bodies(http: httpx.AsyncClient) -> None:
     r = await http.post("/api/chat", content=b"")
     assert r.status_code == 400 and r.json() == {"error": "missing request body"}

@@ -192,6 +192,7 @@ async def test_errors_in_openai_shape(oai: openai.AsyncOpenAI, http: httpx.Async
     r = await http.post("/v1/chat/completions", content=b"{")
     assert r.status_code == 400
     err = r.json()["error"]
+    assert err["message"] == "unexpected EOF"  # Go's words, as Ollama's OpenAI routes give them
     assert err["type"] == "invalid_request_error" and set(err) == {
         "message",
         "type",

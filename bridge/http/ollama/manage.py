@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from bridge.errors import InvalidRequest
-from bridge.http.jsonbody import Fields, decode_object
+from bridge.http.jsonbody import Fields, read_object
 from bridge.http.keys import SERVICE, SETTINGS
 from bridge.http.ollama import wire
 from bridge.http.streaming import collect, stream_response
@@ -55,7 +55,7 @@ async def _progress_reply(
 
 
 async def _body(request: web.Request, struct: str) -> Fields:
-    return Fields(decode_object(await request.read(), f"api.{struct}"), struct)
+    return Fields(await read_object(request, f"api.{struct}"), struct)
 
 
 # --- handlers ---------------------------------------------------------------------------------

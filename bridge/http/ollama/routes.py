@@ -14,7 +14,7 @@ from aiohttp import web
 from bridge import OLLAMA_COMPAT_VERSION
 from bridge.domain import Chunk, Metrics, ToolCall
 from bridge.errors import InvalidRequest, ModelNotFound
-from bridge.http.jsonbody import Fields, decode_object
+from bridge.http.jsonbody import Fields, read_object
 from bridge.http.keys import SERVICE
 from bridge.http.ollama import wire
 from bridge.http.streaming import collect, stream_response
@@ -65,7 +65,7 @@ async def ps(request: web.Request) -> web.Response:
 
 
 async def show(request: web.Request) -> web.Response:
-    f = Fields(decode_object(await request.read(), "api.ShowRequest"), "ShowRequest")
+    f = Fields(await read_object(request, "api.ShowRequest"), "ShowRequest")
     name = wire.model_field(f, required_msg="model is required")
     parse_name(name)
     info = await request.app[SERVICE].show(
@@ -100,7 +100,7 @@ async def show(request: web.Request) -> web.Response:
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    req, stream = wire.decode_generate(decode_object(await request.read(), "api.GenerateRequest"))
+    req, stream = wire.decode_generate(await read_object(request, "api.GenerateRequest"))
     if not req.model:
         raise ModelNotFound("model '' not found")
     chunks = await request.app[SERVICE].generate(req)
@@ -112,7 +112,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    data = decode_object(await request.read(), "api.ChatRequest")
+    data = await read_object(request, "api.ChatRequest")
     req, stream = wire.decode_chat(data)
     if not req.model:
         raise InvalidRequest("model is required", param="model")
@@ -125,7 +125,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def embed(request: web.Request) -> web.Response:
-    req = wire.decode_embed(decode_object(await request.read(), "api.EmbedRequest"))
+    req = wire.decode_embed(await read_object(request, "api.EmbedRequest"))
     if not req.model:
         raise ModelNotFound("model '' not found")
     parse_name(req.model)
@@ -134,7 +134,7 @@ async def embed(request: web.Request) -> web.Response:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    req = wire.decode_embeddings(decode_object(await request.read(), "api.EmbeddingRequest"))
+    req = wire.decode_embeddings(await read_object(request, "api.EmbeddingRequest"))
     if not req.model:
         raise InvalidRequest("model is required", param="model")
     result = await request.app[SERVICE].embed(req)

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from bridge.domain import Chunk
 from bridge.errors import InvalidRequest, ModelNotFound
-from bridge.http.jsonbody import decode_object
+from bridge.http.jsonbody import read_object
 from bridge.http.keys import SERVICE
 from bridge.http.openai import wire
 from bridge.http.streaming import collect, stream_response
@@ -31,7 +31,7 @@ def _require_model(model: str) -> None:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req, stream, include_usage = wire.decode_chat(
-        decode_object(await request.read(), "openai.ChatCompletionRequest")
+        await read_object(request, "openai.ChatCompletionRequest")
     )
     _require_model(req.model)
     chunks = await request.app[SERVICE].chat(req)
@@ -106,7 +106,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     req, stream, include_usage = wire.decode_completion(
-        decode_object(await request.read(), "openai.CompletionRequest")
+        await read_object(request, "openai.CompletionRequest")
     )
     _require_model(req.model)
     chunks = await request.app[SERVICE].generate(req)
@@ -146,9 +146,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    req, encoding = wire.decode_embeddings(
-        decode_object(await request.read(), "openai.EmbedRequest")
-    )
+    req, encoding = wire.decode_embeddings(await read_object(request, "openai.EmbedRequest"))
     _require_model(req.model)
     result = await request.app[SERVICE].embed(req)
     return web.Response(

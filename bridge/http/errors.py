@@ -69,10 +69,10 @@ def error_body(message: str, status: int, *, openai: bool, param: str | None = N
 def error_response(exc: BridgeError, request: web.BaseRequest) -> web.Response:
     status = status_of(exc)
     openai = is_openai(request)
-    param = getattr(exc, "param", None) if openai else None
     resp = web.Response(
         status=status,
-        body=error_body(exc.message, status, openai=openai, param=param),
+        # `param` stays null, as Ollama's OpenAI layer leaves it.
+        body=error_body(exc.message, status, openai=openai),
         content_type="application/json",
         charset=None if openai else "utf-8",
     )

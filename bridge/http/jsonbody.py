@@ -49,25 +49,31 @@ def json_type(value: Any) -> str:
 _SCAN_ON_LOOP = 1 << 16
 
 
-async def read_object(request: web.Request, struct: str) -> dict[str, Any]:
+async def read_object(
+    request: web.Request, struct: str, *, empty: str = "missing request body"
+) -> dict[str, Any]:
     """The request's body, decoded as `decode_object` does."""
     body = await request.read()
     if len(body) <= _SCAN_ON_LOOP:
-        return decode_object(body, struct)
+        return decode_object(body, struct, empty=empty)
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        value = await asyncio.to_thread(_decode_like_go, body)
+        value = await asyncio.to_thread(_decode_like_go, body, empty)
     return _as_object(value, struct)
 
 
-def decode_object(body: bytes, struct: str) -> dict[str, Any]:
+def decode_object(
+    body: bytes, struct: str, *, empty: str = "missing request body"
+) -> dict[str, Any]:
     """Body bytes -> JSON object; empty, malformed or non-object bodies are 400s. As Go's
-    Decoder, only the first JSON value counts: whatever follows it is ignored."""
+    Decoder, only the first JSON value counts: whatever follows it is ignored. `empty`: the
+    message for a body of nothing but white space (Ollama's native handlers say "missing
+    request body"; its OpenAI layer passes on the Decoder's "EOF")."""
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        value = _decode_like_go(body)
+        value = _decode_like_go(body, empty)
     return _as_object(value, struct)
 
 
@@ -79,12 +85,11 @@ def _as_object(value: Any, struct: str) -> dict[str, Any]:
     return value
 
 
-def _decode_like_go(body: bytes) -> Any:
+def _decode_like_go(body: bytes, empty: str) -> Any:
     try:
         end = first_value_end(body)
     except GoSyntaxError as exc:
-        # Ollama's handlers answer io.EOF (nothing but white space) with this text.
-        raise InvalidRequest("missing request body" if str(exc) == "EOF" else str(exc)) from None
+        raise InvalidRequest(empty if str(exc) == "EOF" else str(exc)) from None
     head = body[:end]
     try:
         return orjson.loads(head)

@@ -202,7 +202,7 @@ async def test_openai_raw_base64_and_errors(http: httpx.AsyncClient) -> None:
         {
             "message": "invalid input",
             "type": "invalid_request_error",
-            "param": "input",
+            "param": None,
             "code": None,
         },
     )

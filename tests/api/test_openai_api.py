@@ -218,3 +218,78 @@ async def test_errors_in_openai_shape(oai: openai.AsyncOpenAI, http: httpx.Async
     assert r.json()["error"]["message"].startswith("image URLs are not currently supported")
     r = await http.post("/v1/chat/completions", json={"model": "bad name!", "messages": MSGS})
     assert r.status_code == 400 and r.json()["error"]["message"] == "invalid model name"
+
+
+async def test_requests_are_read_as_ollamas_openai_layer_reads_them(
+    http: httpx.AsyncClient,
+) -> None:
+    """Ollama's own texts and choices, down to what it ignores (openai/openai.go)."""
+
+    async def chat(**body: object) -> httpx.Response:
+        return await http.post(
+            "/v1/chat/completions",
+            json={"model": SMOL, "messages": MSGS, "max_tokens": 2, **body},
+        )
+
+    def error(r: httpx.Response, status: int = 400) -> str:
+        assert r.status_code == status
+        err = r.json()["error"]
+        assert err["param"] is None and err["code"] is None
+        return str(err["message"])
+
+    assert error(await chat(reasoning_effort="bogus")) == (
+        'invalid reasoning value: "bogus" (must be "minimal", "low", "medium", "high", '
+        '"xhigh", "ultra", "max", or "none")'
+    )
+    assert (await chat(reasoning_effort="")).status_code == 200  # the model's default
+    # A `reasoning` object wins over `reasoning_effort` (here: no thinking, which is fine).
+    assert (await chat(reasoning={"effort": "none"}, reasoning_effort="high")).status_code == 200
+    assert (await chat(response_format={"type": " JSON_OBJECT "})).status_code == 200
+    assert (await chat(response_format={"type": "json_schema"})).status_code == 200  # ignored
+
+    def with_call(arguments: object) -> list[dict[str, object]]:
+        call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+        return [*MSGS, {"role": "assistant", "content": None, "tool_calls": [call]}]
+
+    assert error(await chat(messages=with_call(""))) == "invalid tool call arguments"
+    assert error(await chat(messages=with_call("[1]"))) == "invalid tool call arguments"
+    assert (await chat(messages=with_call("null"))).status_code == 200
+
+    def parts(*p: object) -> list[dict[str, object]]:
+        return [{"role": "user", "content": list(p)}]
+
+    assert error(await chat(messages=parts({"type": "text", "text": 5}))) == (
+        "invalid message format"
+    )
+    assert error(await chat(messages=parts({"type": "image_url", "image_url": {"url": 5}}))) == (
+        "invalid message format"
+    )
+    audio = {"type": "input_audio", "input_audio": {"format": "wav"}}
+    assert error(await chat(messages=parts(audio))) == "invalid input_audio format: missing data"
+    audio = {"type": "input_audio", "input_audio": {"data": "@@@"}}
+    assert error(await chat(messages=parts(audio))).startswith("invalid input_audio base64 data")
+    assert error(await chat(messages=[{"role": "user", "content": 5}])) == (
+        "invalid message content type: float64"
+    )
+    r = await http.post("/v1/chat/completions", content=b"")
+    assert error(r) == "EOF"  # the Decoder's word: the layer has no "missing request body"
+
+    async def complete(**body: object) -> httpx.Response:
+        return await http.post("/v1/completions", json={"max_tokens": 2, **body})
+
+    r = await complete(prompt="x")  # no model: the native handler's 404
+    assert error(r, 404) == "model '' not found"
+    assert error(await complete(model=SMOL, prompt=5)) == (
+        "json: cannot unmarshal number into Go struct field CompletionRequest.prompt of type string"
+    )
+    assert error(await complete(model=SMOL, prompt="x", stop=["a", None])) == (
+        "invalid type for 'stop' field: <nil>"
+    )
+    assert (await complete(model=SMOL, prompt="x", stop=5, logprobs=-1)).status_code == 200
+    r = await complete(model=SMOL, prompt="")  # loads the model, as /api/generate does
+    assert r.json()["choices"][0]["finish_reason"] == "load"
+
+    r = await http.post("/v1/embeddings", json={"input": "x"})
+    assert error(r, 404) == "model '' not found"
+    assert (await http.head("/v1/models")).status_code == 405
+    assert (await http.head(f"/v1/models/{SMOL}")).status_code == 405

@@ -269,3 +269,21 @@ async def test_native_records_under_the_clients_name_are_relayed_as_they_came(
             renamed = [orjson.loads(x) for x in b"".join(await lines("remote-ollama")).splitlines()]
             assert {r["model"] for r in renamed} == {"remote-ollama"}
             assert all(r["created_at"] != "2025-05-01T10:00:00Z" for r in renamed)
+
+
+async def test_openai_stream_deltas_carry_content_beside_reasoning(
+    start: Start, store: Store, tmp_path: Path
+) -> None:
+    """As Ollama's layer writes them: a reasoning-only delta has `content: ""`; one with both
+    is split, the reasoning alone first; the finish chunk has an empty delta."""
+    script = Script(thinking=("hmm",), text=("Hi",))
+    async with fakes(Fake("ollama", models=("t:latest",), script=script)) as (up,):
+        base = await serve(start, store, tmp_path, up)
+        body = {"model": "t", "messages": [{"role": "user", "content": "x"}], "stream": True}
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            r = await http.post("/v1/chat/completions", json=body)
+    events = [orjson.loads(e[6:]) for e in r.content.split(b"\n\n") if e.startswith(b"data: {")]
+    deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": "", "reasoning": "hmm"}
+    assert {"content": "Hi"} in deltas and deltas[-1] == {}
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"

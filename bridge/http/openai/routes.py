@@ -25,13 +25,20 @@ def _json(obj: Any) -> web.Response:
 
 
 def _require_model(model: str) -> None:
+    # As the native handlers the layer passes requests on to: chat says this, while generate
+    # and embed look the empty name up.
     if not model:
-        raise InvalidRequest("model is required", param="model")
+        raise InvalidRequest("model is required")
+
+
+def _look_up_model(model: str) -> None:
+    if not model:
+        raise ModelNotFound("model '' not found")
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req, stream, include_usage = wire.decode_chat(
-        await read_object(request, "openai.ChatCompletionRequest")
+        await read_object(request, "openai.ChatCompletionRequest", empty="EOF")
     )
     _require_model(req.model)
     chunks = await request.app[SERVICE].chat(req)
@@ -58,20 +65,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         first = True
         sent_calls = 0
         async for c in chunks:
-            deltas: list[dict[str, Any]] = []
-            if c.thinking:
-                deltas.append({"reasoning": c.thinking})
-            if c.text or c.tool_calls or (not c.done and not c.thinking):
-                d: dict[str, Any] = {"content": c.text}
-                if c.tool_calls:
-                    d["tool_calls"] = [
-                        wire.tool_call(t, sent_calls + i) for i, t in enumerate(c.tool_calls)
-                    ]
-                    sent_calls += len(c.tool_calls)
-                deltas.append(d)
+            deltas = _deltas(c, sent_calls)
+            sent_calls += len(c.tool_calls)
             lps = c.logprobs
             for d in deltas:
-                if first:
+                if first:  # the role goes in the first delta alone
                     d = {"role": "assistant", **d}
                     first = False
                 yield wire.sse(wire.chat_chunk(cid, req.model, created, d, None, lps))
@@ -83,7 +81,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                         req.model,
                         created,
                         {},
-                        wire.finish_reason(c, tool_calls=sent_calls > 0),
+                        wire.finish_reason(c, tool_calls=sent_calls > 0, default="stop"),
                         lps,
                     )
                 )
@@ -106,9 +104,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     req, stream, include_usage = wire.decode_completion(
-        await read_object(request, "openai.CompletionRequest")
+        await read_object(request, "openai.CompletionRequest", empty="EOF")
     )
-    _require_model(req.model)
+    _look_up_model(req.model)
     chunks = await request.app[SERVICE].generate(req)
     cid = wire.new_id("cmpl")
     if not stream:
@@ -146,8 +144,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    req, encoding = wire.decode_embeddings(await read_object(request, "openai.EmbedRequest"))
-    _require_model(req.model)
+    req, encoding = wire.decode_embeddings(
+        await read_object(request, "openai.EmbedRequest", empty="EOF")
+    )
+    _look_up_model(req.model)
     result = await request.app[SERVICE].embed(req)
     return web.Response(
         body=wire.embeddings(req.model, result, encoding), content_type="application/json"
@@ -172,6 +172,27 @@ async def model(request: web.Request) -> web.Response:
     return _json(wire.model_entry(spec, raw))
 
 
+def _deltas(c: Chunk, sent_calls: int) -> list[dict[str, Any]]:
+    """A chunk's deltas as Ollama's layer writes them: content always (possibly ""), beside
+    the reasoning and tool calls; a chunk with reasoning and content or calls is split in two,
+    the reasoning first, alone. The final metrics-only chunk gives none."""
+    calls = [wire.tool_call(t, sent_calls + i) for i, t in enumerate(c.tool_calls)]
+    if c.done and not (c.text or c.thinking or calls):
+        return []
+    if c.thinking and (c.text or calls):
+        return [{"reasoning": c.thinking}, _delta(c.text, "", calls)]
+    return [_delta(c.text, c.thinking, calls)]
+
+
+def _delta(text: str, thinking: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    d: dict[str, Any] = {"content": text}
+    if thinking:
+        d["reasoning"] = thinking
+    if calls:
+        d["tool_calls"] = calls
+    return d
+
+
 def _identity(b: bytes) -> bytes:
     return b
 
@@ -192,5 +213,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/v1/models/{model}", model)
+    # GET only (gin answers HEAD with 405 here, unlike the native listing routes).
+    app.router.add_get("/v1/models", models, allow_head=False)
+    app.router.add_get("/v1/models/{model}", model, allow_head=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import random
 import re
 import time
@@ -48,25 +49,24 @@ def _keep_alive(f: Fields) -> float | None:
 
 
 def _stop(f: Fields, *, strict: bool) -> tuple[str, ...] | None:
+    """A string or a list; `strict` (completions): a non-string item is an error, where chat
+    drops it. Any other type is ignored, as Ollama's type switch does."""
     v = f.raw("stop")
-    if v is None:
-        return None
     if isinstance(v, str):
         return (v,)
-    if isinstance(v, list):
-        if strict:
-            for item in v:
-                if not isinstance(item, str):
-                    raise InvalidRequest(
-                        f"invalid type for 'stop' field: {_go_type(item)}", param="stop"
-                    )
-        return tuple(item for item in v if isinstance(item, str))
+    if not isinstance(v, list):
+        return None
     if strict:
-        raise InvalidRequest(f"invalid type for 'stop' field: {_go_type(v)}", param="stop")
-    return None
+        for item in v:
+            if not isinstance(item, str):
+                raise InvalidRequest(f"invalid type for 'stop' field: {_go_type(item)}")
+    return tuple(item for item in v if isinstance(item, str))
 
 
 def _go_type(v: Any) -> str:
+    """What Go's %T prints for a decoded JSON value."""
+    if v is None:
+        return "<nil>"
     if isinstance(v, bool):
         return "bool"
     if isinstance(v, int | float):
@@ -83,16 +83,13 @@ def _format(f: Fields) -> Any:
     if not rf:
         return None
     kind = rf.get("type")
+    kind = kind.strip().lower() if isinstance(kind, str) else ""
     if kind == "json_object":
         return "json"
     if kind == "json_schema":
         schema = rf.get("json_schema")
-        if isinstance(schema, dict) and isinstance(schema.get("schema"), dict):
-            return schema["schema"]
-        raise InvalidRequest(
-            "response_format json_schema needs a json_schema.schema object", param="response_format"
-        )
-    return None
+        return schema.get("schema") if isinstance(schema, dict) else None
+    return None  # other types are ignored
 
 
 def _max_tokens(f: Fields) -> int | None:
@@ -135,96 +132,156 @@ def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool, bool]:
     return req, f.boolean("stream", False), bool(so.get("include_usage"))
 
 
+_EFFORTS: dict[str, bool | str] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
+
+
 def _reasoning(f: Fields) -> bool | str | None:
-    effort = f.raw("reasoning_effort")
-    reasoning = f.object("reasoning")
-    if effort is None and reasoning:
-        effort = reasoning.get("effort")
-    if effort is None:
+    """`reasoning.effort` when a `reasoning` object is sent, else `reasoning_effort`; an
+    empty effort leaves thinking at the model's default."""
+    reasoning = f.object("reasoning", "openai.Reasoning")
+    if reasoning is not None:
+        effort = Fields(reasoning, "ChatCompletionRequest.reasoning").string("effort")
+    else:
+        effort = f.string("reasoning_effort")
+    if not effort:
         return None
-    mapping: dict[str, bool | str] = {
-        "none": False,
-        "minimal": "low",
-        "low": "low",
-        "medium": "medium",
-        "high": "high",
-        "max": "max",
-        "xhigh": "max",
-        "ultra": "max",
-    }
-    if not isinstance(effort, str) or effort not in mapping:
-        raise InvalidRequest(f"invalid reasoning value: {effort}", param="reasoning_effort")
-    return mapping[effort]
+    if effort not in _EFFORTS:
+        raise InvalidRequest(
+            f"invalid reasoning value: {orjson.dumps(effort).decode()} (must be "
+            '"minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")'
+        )
+    return _EFFORTS[effort]
 
 
 def _messages(m: Any, earlier: list[Message]) -> list[Message]:
+    """One OpenAI message -> native messages, as Ollama's layer maps them: array content
+    gives a message per part; tool calls, their id and the reasoning go on the last one."""
     if not isinstance(m, dict):
-        raise InvalidRequest("invalid message format", param="messages")
+        raise InvalidRequest("invalid message format")
     role = str(m.get("role", "")).lower()
     content = m.get("content")
-    calls = tuple(_tool_calls(m.get("tool_calls")))
+    raw_calls = m.get("tool_calls")
+    calls = tuple(_tool_calls(raw_calls))
     thinking = m.get("reasoning") if isinstance(m.get("reasoning"), str) else None
-    tool_name = m.get("name") if isinstance(m.get("name"), str) else None
     tool_call_id = m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None
-    if role == "tool" and tool_name is None and tool_call_id:
-        tool_name = next(
-            (c.name for msg in earlier for c in msg.tool_calls if c.id == tool_call_id), None
-        )
-    base = dict(thinking=thinking, tool_calls=calls, tool_name=tool_name, tool_call_id=tool_call_id)
+    tool_name = None
+    if role == "tool":
+        tool_name = m.get("name") if isinstance(m.get("name"), str) and m["name"] else None
+        if tool_name is None and tool_call_id:
+            tool_name = next(
+                (
+                    c.name
+                    for msg in reversed(earlier)
+                    for c in msg.tool_calls
+                    if c.id == tool_call_id
+                ),
+                None,
+            )
     if isinstance(content, str):
-        return [Message(role=role, content=content, **base)]  # type: ignore[arg-type]
-    if content is None:
-        if not calls:
-            raise InvalidRequest("invalid message content type: <nil>", param="messages")
-        return [Message(role=role, content="", **base)]  # type: ignore[arg-type]
+        return [
+            Message(
+                role=role,
+                content=content,
+                thinking=thinking,
+                tool_calls=calls,
+                tool_name=tool_name,
+                tool_call_id=tool_call_id,
+            )
+        ]
     if not isinstance(content, list):
-        raise InvalidRequest(f"invalid message content type: {_go_type(content)}", param="messages")
-    # Each part becomes its own message with the same role, as Ollama does.
-    out: list[Message] = []
-    for part in content:
-        if not isinstance(part, dict):
-            raise InvalidRequest("invalid message format", param="messages")
-        kind = part.get("type")
-        if kind == "text":
-            out.append(Message(role=role, content=str(part.get("text", "")), **base))  # type: ignore[arg-type]
-        elif kind == "image_url":
-            out.append(Message(role=role, content="", images=(_image(part.get("image_url")),)))
-        else:
-            raise InvalidRequest("invalid message format", param="messages")
-    return out
+        if raw_calls is None:  # content may be left out only beside tool calls
+            raise InvalidRequest(f"invalid message content type: {_go_type(content)}")
+        return [
+            Message(
+                role=role,
+                content="",
+                thinking=thinking,
+                tool_calls=calls,
+                tool_call_id=tool_call_id,
+            )
+        ]
+    parts = [_part(role, part) for part in content]
+    if raw_calls:
+        # Onto the last message so far (a part's, or an earlier message's if there were none).
+        target = parts if parts else earlier
+        if target:
+            target[-1] = dataclasses.replace(
+                target[-1],
+                tool_calls=calls,
+                tool_name=tool_name,
+                tool_call_id=tool_call_id,
+                thinking=thinking,
+            )
+    return parts
 
 
-def _image(value: Any) -> bytes:
-    url = value.get("url") if isinstance(value, dict) else value
-    if not isinstance(url, str):
-        raise InvalidRequest("invalid image input", param="messages")
+def _part(role: str, part: Any) -> Message:
+    if not isinstance(part, dict):
+        raise InvalidRequest("invalid message format")
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequest("invalid message format")
+        return Message(role=role, content=text)
+    if kind == "image_url":
+        value = part.get("image_url")
+        url = value.get("url") if isinstance(value, dict) else value
+        if not isinstance(url, str):
+            raise InvalidRequest("invalid message format")
+        return Message(role=role, content="", images=(_image(url),))
+    if kind == "input_audio":  # attached as an image is, for models that take audio
+        audio = part.get("input_audio")
+        if not isinstance(audio, dict):
+            raise InvalidRequest("invalid input_audio format")
+        data = audio.get("data")
+        if not isinstance(data, str):
+            raise InvalidRequest("invalid input_audio format: missing data")
+        try:
+            return Message(role=role, content="", images=(base64.b64decode(data, validate=True),))
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"invalid input_audio base64 data: {exc}") from exc
+    raise InvalidRequest("invalid message format")
+
+
+def _image(url: str) -> bytes:
     if url.startswith(("http://", "https://")):
         raise InvalidRequest(
-            "image URLs are not currently supported, please use base64 encoded data instead",
-            param="messages",
+            "image URLs are not currently supported, please use base64 encoded data instead"
         )
     m = _DATA_URL.match(url)
     if not m:
-        raise InvalidRequest("invalid image input", param="messages")
+        raise InvalidRequest("invalid image input")
     try:
         return base64.b64decode(m.group(1), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest("invalid image input", param="messages") from exc
+        raise InvalidRequest("invalid image input") from exc
 
 
 def _tool_calls(value: Any) -> list[ToolCall]:
     calls: list[ToolCall] = []
     for i, c in enumerate(value or ()):
         fn = c.get("function") if isinstance(c, dict) else None
-        if not isinstance(fn, dict):
-            raise InvalidRequest("invalid tool call arguments", param="messages")
-        args_text = fn.get("arguments") or "{}"
+        args_text = fn.get("arguments") if isinstance(fn, dict) else None
+        # Arguments must be a JSON object in a string; "null" counts as none, as in Go.
         try:
-            args = orjson.loads(args_text) if isinstance(args_text, str) else None
+            args = orjson.loads(args_text) if isinstance(args_text, str) else ()
         except orjson.JSONDecodeError:
-            args = None
+            args = ()
+        if args is None:
+            args = {}
         if not isinstance(args, dict):
-            raise InvalidRequest("invalid tool call arguments", param="messages")
+            raise InvalidRequest("invalid tool call arguments")
+        assert isinstance(fn, dict)
         calls.append(
             ToolCall(
                 name=str(fn.get("name", "")),
@@ -238,9 +295,7 @@ def _tool_calls(value: Any) -> list[ToolCall]:
 
 def decode_completion(data: dict[str, Any]) -> tuple[GenerateRequest, bool, bool]:
     f = Fields(data, "CompletionRequest")
-    prompt = f.raw("prompt")
-    if prompt is not None and not isinstance(prompt, str):
-        raise InvalidRequest("prompt must be a string", param="prompt")
+    prompt = f.string("prompt")
     temperature = f.number("temperature")
     top_p = f.number("top_p")
     opts = Options(
@@ -253,12 +308,12 @@ def decode_completion(data: dict[str, Any]) -> tuple[GenerateRequest, bool, bool
         presence_penalty=f.number("presence_penalty") or 0.0,
     )
     # Legacy completions take `logprobs` as the number of alternatives; > 0 turns them on.
-    n = f.integer("logprobs") or 0
-    if not 0 <= n <= 20:
-        raise InvalidRequest("top_logprobs must be between 0 and 20", param="logprobs")
+    n = max(f.integer("logprobs") or 0, 0)
+    if n > 20:  # what the native layer answers for top_logprobs
+        raise InvalidRequest("top_logprobs must be between 0 and 20")
     req = GenerateRequest(
         model=f.string("model"),
-        prompt=prompt or "",
+        prompt=prompt,
         suffix=f.string("suffix"),
         options=opts,
         keep_alive=_keep_alive(f),
@@ -286,7 +341,7 @@ def decode_embeddings(data: dict[str, Any]) -> tuple[EmbedRequest, str]:
     else:
         raise InvalidRequest("invalid input type", param="input")
     encoding = f.string("encoding_format") or "float"
-    if encoding not in ("float", "base64"):
+    if encoding.lower() not in ("float", "base64"):  # compared as Go's strings.EqualFold does
         raise InvalidRequest(
             f"Invalid value for 'encoding_format' = {encoding}. "
             "Supported values: ['float', 'base64'].",
@@ -298,7 +353,7 @@ def decode_embeddings(data: dict[str, Any]) -> tuple[EmbedRequest, str]:
         dimensions=f.integer("dimensions"),
         keep_alive=_keep_alive(f),
     )
-    return req, encoding
+    return req, encoding.lower()
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -308,12 +363,16 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{random.randrange(999)}"
 
 
-def finish_reason(chunk: Chunk, *, tool_calls: bool = False) -> str | None:
-    if tool_calls and chunk.done_reason in ("stop", None):
+def finish_reason(chunk: Chunk, *, tool_calls: bool = False, default: str = "") -> str | None:
+    """The native done_reason passed through, as Ollama's layer does ("load" included), or
+    `default` where there is none; "stop" becomes "tool_calls" once the reply made a call.
+    None (JSON null) before the end."""
+    if not chunk.done:
+        return None
+    reason = chunk.done_reason or default
+    if reason == "stop" and tool_calls:
         return "tool_calls"
-    if chunk.done_reason == "length":
-        return "length"
-    return "stop" if chunk.done else None
+    return reason or None
 
 
 def usage(m: Metrics | None) -> dict[str, int]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bridge.durations import (
     InvalidDuration,
     parse_env_keep_alive,
@@ -60,6 +62,14 @@ def _bool(v: Any) -> bool:
     if s in ("0", "f", "F", "FALSE", "false", "False", ""):
         return False
     raise ValueError(f"invalid boolean {v!r}")
+
+
+def _env_bool(v: Any) -> bool:
+    # Ollama's envconfig.Bool: a value ParseBool refuses counts as true.
+    try:
+        return _bool(v)
+    except ValueError:
+        return True
 
 
 def _paths(v: Any) -> tuple[str, ...]:
@@ -278,6 +288,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "log_prompts", "BRIDGE_LOG_PROMPTS", False, "Log prompts and outputs at debug level.", _bool
     ),
+    Setting(
+        "no_cloud",
+        "OLLAMA_NO_CLOUD",
+        False,
+        "Reported by /api/status as Ollama reports it (bridge itself never reaches ollama.com; "
+        "an upstream may).",
+        _env_bool,
+    ),
 )
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
 # Tables in the config file that are not plain settings.
@@ -310,6 +328,7 @@ class Settings:
     demo_model: str = "auto"
     log_level: str = "info"
     log_prompts: bool = False
+    no_cloud: bool = False
     memory_budget: int = 0
     gpu_overhead: int = 0
     load_cooldown: float = 10.0
@@ -322,6 +341,18 @@ class Settings:
     @property
     def address(self) -> HostAddr:
         return parse_host(self.host)
+
+    def cloud_status(self) -> tuple[bool, str]:
+        """/api/status: whether Ollama's cloud is off, and who says so ("none", "env",
+        "config" for ~/.ollama/server.json, or "both"). Reads a file: call it off the loop."""
+        try:
+            data = orjson.loads((Path.home() / ".ollama" / "server.json").read_bytes())
+            config = isinstance(data, dict) and data.get("disable_ollama_cloud") is True
+        except (OSError, orjson.JSONDecodeError):
+            config = False
+        env = self.no_cloud
+        source = {(True, True): "both", (True, False): "env", (False, True): "config"}
+        return env or config, source.get((env, config), "none")
 
     def models_dir(self) -> Path:
         """OLLAMA_MODELS, else ~/.ollama/models, else the Linux service's store."""

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
+
 from bridge.config import ModelOverride, Settings
 from bridge.domain import (
     IMAGE_TAG,
@@ -129,7 +131,7 @@ class Service:
         `embed` decide it); None for local models and names not found or not valid."""
         try:
             target = await self._target(raw, missing="")
-        except (InvalidModelName, ModelNotFound):
+        except (InvalidRequest, ModelNotFound):
             return None
         return target if isinstance(target, Route) else None
 
@@ -139,6 +141,12 @@ class Service:
         pinned = _DECIDED.get()
         if pinned is not None and pinned[0] == raw:
             return pinned[1]
+        name, local_only = source_suffix(raw)
+        if local_only:  # `name:local`: this machine's model alone, never an upstream's
+            spec = await self.resolver.find(name, rescan=True)
+            if spec is None:
+                raise ModelNotFound(missing.format(name=raw, short=ModelName.parse(name).display))
+            return spec
         try:
             served = self.upstreams is not None and self.upstreams.find(raw) is not None
             spec = await self.resolver.find(raw, rescan=not served)
@@ -301,7 +309,7 @@ class Service:
 
     async def _chat(self, spec: ModelSpec, req: ChatRequest, received: int) -> AsyncIterator[Chunk]:
         if not req.messages:
-            return self._load_or_unload(spec, req.options, req.keep_alive, received)
+            return self._load_or_unload(spec, req, "chat", received)
         info = await self.header(spec)
         spec = await _with_detected_stop(spec, info)
         template = _template(spec, info)
@@ -369,7 +377,7 @@ class Service:
         self, spec: ModelSpec, req: GenerateRequest, received: int
     ) -> AsyncIterator[Chunk]:
         if not req.prompt and not req.suffix:
-            return self._load_or_unload(spec, req.options, req.keep_alive, received)
+            return self._load_or_unload(spec, req, "generate", received)
         info = await self.header(spec)
         spec = await _with_detected_stop(spec, info)
         template = _template(spec, info, req.template)
@@ -448,7 +456,7 @@ class Service:
 
     async def _embed(self, spec: ModelSpec, req: EmbedRequest, received: int) -> Embeddings:
         if not req.inputs:
-            async for _ in self._load_or_unload(spec, req.options, req.keep_alive, received):
+            async for _ in self._load_or_unload(spec, req, None, received):
                 pass
             return Embeddings(vectors=[])
         info = await self.header(spec)
@@ -479,14 +487,23 @@ class Service:
         return think
 
     async def _load_or_unload(
-        self, spec: ModelSpec, opts: Options, keep_alive: float | None, received: int
+        self,
+        spec: ModelSpec,
+        req: ChatRequest | GenerateRequest | EmbedRequest,
+        what: str | None,
+        received: int,
     ) -> AsyncIterator[Chunk]:
-        if keep_alive is not None and keep_alive == 0:
+        """Nothing to answer: keep_alive 0 unloads the model, anything else loads it. For
+        `what` ("chat", "generate"), a model that cannot complete is refused first, as Ollama
+        does at scheduling."""
+        if req.keep_alive is not None and req.keep_alive == 0:
             await self.scheduler.unload(spec)
             yield Chunk(done=True, done_reason="unload")
             return
         info = await self.header(spec)
-        async with self._lease(spec, info, opts, keep_alive):
+        if what is not None:
+            self._check_completion(capabilities(spec, info, _template(spec, info)), req.model, what)
+        async with self._lease(spec, info, req.options, req.keep_alive):
             pass
         yield Chunk(done=True, done_reason="load")
 
@@ -722,3 +739,29 @@ def _template(
 
 def _full_header(path: str) -> GGUFInfo:
     return read_gguf(path, full_arrays=True)
+
+
+def source_suffix(raw: str) -> tuple[str, bool]:
+    """Ollama's source suffixes: `name:local` asks for the local model (-> ("name", True));
+    `:cloud` and `-cloud` tags are left in the name, for an upstream that serves them. Both
+    at once is an error, worded as Ollama words it."""
+    base, source = _cut_source(raw.strip())
+    if source is None:
+        return raw, False
+    if _cut_source(base)[1] is not None:
+        raise InvalidRequest(
+            f"use either :local or :cloud, not both: {orjson.dumps(raw.strip()).decode()}"
+        )
+    return (base, True) if source == "local" else (raw, False)
+
+
+def _cut_source(raw: str) -> tuple[str, str | None]:
+    head, colon, suffix = raw.rpartition(":")
+    if not colon:
+        return raw, None
+    tag = suffix.strip().lower()
+    if tag in ("local", "cloud"):
+        return head, tag
+    if "/" not in suffix and tag.endswith("-cloud"):
+        return f"{head}:{suffix.strip()[: -len('-cloud')]}", "cloud"
+    return raw, None

@@ -20,6 +20,7 @@ from aiohttp import ClientError, ClientSession, ClientTimeout, UnixConnector, hd
 from aiohttp.typedefs import Handler, Middleware
 
 from bridge.http.errors import error_body, is_openai
+from bridge.http.expect import send_continue
 from bridge.http.keys import SERVICE
 from bridge.service import decided
 
@@ -94,6 +95,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     # the client library's own.
     headers.append((hdrs.HOST, request.headers.get(hdrs.HOST, "")))
     if request.body_exists:
+        await send_continue(request)  # a blob upload's, which the route defers
         # Already read (the generation check) or streamed as it arrives (a blob upload).
         data = (
             await request.read()

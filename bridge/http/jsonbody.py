@@ -78,6 +78,8 @@ def decode_object(
 
 
 def _as_object(value: Any, struct: str) -> dict[str, Any]:
+    if value is None:  # null decodes into a Go struct as nothing at all
+        return {}
     if not isinstance(value, dict):
         raise InvalidRequest(
             f"json: cannot unmarshal {json_type(value)} into Go value of type {struct}"

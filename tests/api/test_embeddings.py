@@ -217,3 +217,14 @@ async def test_openai_raw_base64_and_errors(http: httpx.AsyncClient) -> None:
     )
     r = await http.post("/v1/embeddings", json={"model": "nope", "input": "x"})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
+
+
+async def test_an_embedding_model_is_not_loaded_for_generate_or_chat(
+    http: httpx.AsyncClient,
+) -> None:
+    r = await http.post("/api/generate", json={"model": EMBED})
+    assert r.status_code == 400 and r.json() == {"error": f'"{EMBED}" does not support generate'}
+    r = await http.post("/api/chat", json={"model": EMBED})
+    assert r.status_code == 400 and r.json() == {"error": f'"{EMBED}" does not support chat'}
+    r = await http.post("/api/generate", json={"model": EMBED, "keep_alive": 0})
+    assert r.status_code == 200 and r.json()["done_reason"] == "unload"  # as in Ollama

@@ -69,6 +69,8 @@ async def test_chat_logprobs_and_bounds(http: httpx.AsyncClient) -> None:
     out = r.json()
     assert len(out["logprobs"]) == out["eval_count"]
     check_entries(out["logprobs"], 1)
+    keys = list(out)  # api.ChatResponse: logprobs before the metrics (generate: after)
+    assert keys.index("done_reason") < keys.index("logprobs") < keys.index("total_duration")
     for n in (21, -1):
         r = await http.post("/api/chat", json={"model": SMOL, "messages": ASK, "top_logprobs": n})
         assert r.status_code == 400

@@ -90,6 +90,36 @@ async def test_blob_upload_and_head(empty: tuple[httpx.AsyncClient, Path]) -> No
     assert temp_files(root) == []
 
 
+async def test_an_upload_of_a_blob_that_is_there_is_not_asked_for(
+    empty: tuple[httpx.AsyncClient, Path],
+) -> None:
+    """With `Expect: 100-continue` (curl's way for large bodies) the body is asked for only
+    where it is needed, as Go's server does: a blob that exists is answered at once."""
+    http, root = empty
+    data = b"layer bytes sent with Expect"
+    d = sha(data)
+    host, port = str(http.base_url).removeprefix("http://").rstrip("/").split(":")
+
+    async def post() -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /api/blobs/{d} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Length: {len(data)}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        return await asyncio.wait_for(reader.readline(), 30), reader, writer
+
+    first, reader, writer = await post()
+    assert first == b"HTTP/1.1 100 Continue\r\n"  # new: send it
+    writer.write(data)
+    assert await asyncio.wait_for(reader.readline(), 30) == b"\r\n"  # the 100's end
+    assert (await asyncio.wait_for(reader.readline(), 30)).startswith(b"HTTP/1.1 201")
+    writer.close()
+    assert blob(root, d) == data
+    first, _, writer = await post()
+    assert first.startswith(b"HTTP/1.1 200")  # there already: no 100, the body never sent
+    writer.close()
+
+
 async def test_blob_digest_mismatch_and_bad_digests(empty: tuple[httpx.AsyncClient, Path]) -> None:
     http, root = empty
     wrong = sha(b"other")

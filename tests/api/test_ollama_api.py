@@ -445,6 +445,42 @@ async def test_only_the_first_json_value_of_a_body_counts(http: httpx.AsyncClien
         assert r.status_code == 400 and r.json() == {"error": "invalid model name"}
 
 
+async def test_load_and_unload_replies_are_one_object_streamed_or_not(
+    http: httpx.AsyncClient,
+) -> None:
+    """Ollama answers them with c.JSON: application/json, no trailing newline."""
+    for path, body in (
+        ("/api/generate", {"model": SMOL}),
+        ("/api/chat", {"model": SMOL, "stream": True}),
+        ("/api/generate", {"model": SMOL, "keep_alive": 0}),
+    ):
+        r = await http.post(path, json=body)
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/json; charset=utf-8"
+        assert not r.content.endswith(b"\n") and r.json()["done"] is True
+        assert r.json()["done_reason"] == ("unload" if "keep_alive" in body else "load")
+
+
+async def test_a_null_body_is_an_empty_request(http: httpx.AsyncClient) -> None:
+    r = await http.post("/api/generate", content=b"null")  # Go decodes null as no fields
+    assert r.status_code == 404 and r.json() == {"error": "model '' not found"}
+
+
+async def test_local_suffix_and_cloud_status(http: httpx.AsyncClient) -> None:
+    r = await http.post("/api/generate", json={"model": f"{SMOL}:local"})
+    assert r.status_code == 200 and r.json()["model"] == f"{SMOL}:local"
+    r = await http.post("/api/show", json={"model": f"{SMOL}:LOCAL"})
+    assert r.status_code == 200 and r.json()["details"]["family"] == "llama"
+    r = await http.post("/api/chat", json={"model": "x:local:cloud"})
+    assert r.status_code == 400
+    assert r.json() == {"error": 'use either :local or :cloud, not both: "x:local:cloud"'}
+    r = await http.post("/api/chat", json={"model": "ghost:local", "messages": []})
+    assert r.status_code == 404 and r.json() == {"error": "model 'ghost:local' not found"}
+    r = await http.get("/api/status")
+    assert r.status_code == 200 and set(r.json()) == {"cloud"}
+    assert r.json()["cloud"]["source"] in ("none", "config")  # OLLAMA_NO_CLOUD unset here
+
+
 async def test_bad_bodies(http: httpx.AsyncClient) -> None:
     r = await http.post("/api/chat", content=b"")
     assert r.status_code == 400 and r.json() == {"error": "missing request body"}

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from bridge.errors import InvalidRequest
+from bridge.http.expect import defer_continue, send_continue
 from bridge.http.jsonbody import Fields, read_object
 from bridge.http.keys import SERVICE, SETTINGS
 from bridge.http.ollama import wire
@@ -105,6 +106,7 @@ async def create_blob(request: web.Request) -> web.Response:
     digest = request.match_info["digest"]
     if await manager.blob_exists(digest):
         return web.Response(status=200)  # the body is not read, as in Ollama
+    await send_continue(request)
     await manager.put_blob(digest, request.content.iter_chunked(1 << 20))
     return web.Response(status=201)
 
@@ -247,4 +249,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("POST", "/api/copy", copy)
     app.router.add_route("DELETE", "/api/delete", delete)
     app.router.add_route("HEAD", "/api/blobs/{digest}", head_blob)
-    app.router.add_route("POST", "/api/blobs/{digest}", create_blob)
+    app.router.add_route("POST", "/api/blobs/{digest}", create_blob, expect_handler=defer_continue)

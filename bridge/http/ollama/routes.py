@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
@@ -15,10 +16,11 @@ from bridge import OLLAMA_COMPAT_VERSION
 from bridge.domain import Chunk, Metrics, ToolCall
 from bridge.errors import InvalidRequest, ModelNotFound
 from bridge.http.jsonbody import Fields, read_object
-from bridge.http.keys import SERVICE
+from bridge.http.keys import SERVICE, SETTINGS
 from bridge.http.ollama import wire
 from bridge.http.streaming import collect, stream_response
 from bridge.models.resolver import parse_name
+from bridge.service import source_suffix
 from bridge.timefmt import local
 
 NDJSON = "application/x-ndjson"
@@ -36,6 +38,11 @@ async def root(request: web.Request) -> web.Response:
 
 async def version(request: web.Request) -> web.Response:
     return json_response({"version": OLLAMA_COMPAT_VERSION})
+
+
+async def status(request: web.Request) -> web.Response:
+    disabled, source = await asyncio.to_thread(request.app[SETTINGS].cloud_status)
+    return json_response({"cloud": {"disabled": disabled, "source": source}})
 
 
 async def tags(request: web.Request) -> web.Response:
@@ -67,7 +74,7 @@ async def ps(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     f = Fields(await read_object(request, "api.ShowRequest"), "ShowRequest")
     name = wire.model_field(f, required_msg="model is required")
-    parse_name(name)
+    parse_name(source_suffix(name)[0])  # `name:local` names the local model
     info = await request.app[SERVICE].show(
         name,
         verbose=f.boolean("verbose", False),
@@ -108,7 +115,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
     def encode(c: Chunk) -> dict[str, Any]:
         return wire.generate_chunk(req.model, c)
 
-    return await _reply(request, chunks, encode, stream, merge=_merge_generate)
+    # A load or unload reply is one object, streamed or not (Ollama's c.JSON).
+    single = not stream or not (req.prompt or req.suffix)
+    return await _reply(request, chunks, encode, not single, merge=_merge_generate)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -121,14 +130,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
     def encode(c: Chunk) -> dict[str, Any]:
         return wire.chat_chunk(req.model, c)
 
-    return await _reply(request, chunks, encode, stream, merge=_merge_chat)
+    single = not stream or not req.messages  # a load or unload reply, as for generate
+    return await _reply(request, chunks, encode, not single, merge=_merge_chat)
 
 
 async def embed(request: web.Request) -> web.Response:
     req = wire.decode_embed(await read_object(request, "api.EmbedRequest"))
     if not req.model:
         raise ModelNotFound("model '' not found")
-    parse_name(req.model)
+    parse_name(source_suffix(req.model)[0])
     result = await request.app[SERVICE].embed(req)
     return json_response(wire.embed_reply(req.model, result))
 
@@ -207,6 +217,7 @@ def _with_after(d: dict[str, Any], after: str, key: str, value: Any) -> dict[str
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", root)
     app.router.add_get("/api/version", version)
+    app.router.add_get("/api/status", status, allow_head=False)
     app.router.add_get("/api/tags", tags)
     app.router.add_get("/api/ps", ps, allow_head=False)
     app.router.add_route("POST", "/api/show", show)

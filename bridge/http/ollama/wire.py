@@ -288,9 +288,9 @@ def chat_chunk(
     }
     if chunk.done_reason:
         out["done_reason"] = chunk.done_reason
-    _metrics(out, chunk)
-    if chunk.logprobs:
+    if chunk.logprobs:  # before the metrics here (api.ChatResponse), after them for generate
         out["logprobs"] = logprobs(chunk.logprobs)
+    _metrics(out, chunk)
     return out
 
 

@@ -97,6 +97,7 @@ class ChatRequest:
     shift: bool = True  # shorten a prompt that still does not fit
     logprobs: bool = False
     top_logprobs: int = 0
+    debug_render_only: bool = False  # answer with the rendered prompt, generate nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,7 @@ class GenerateRequest:
     shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    debug_render_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +190,8 @@ class Chunk:
     # relayed unchanged (the same model name; never a final record): no re-encoding, and
     # fields bridge does not know survive. Whoever changes the chunk must drop it.
     raw: bytes | None = field(default=None, compare=False, repr=False)
+    # `_debug_render_only`'s answer: the prompt as rendered, and how many images it holds.
+    debug: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

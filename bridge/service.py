@@ -300,6 +300,7 @@ class Service:
         target = await self._target(req.model, missing="model '{name}' not found")
         if isinstance(target, Route):
             assert self.upstreams is not None
+            _no_debug_upstream(req)
             return self.upstreams.chat(target, req)
         return await self._local_or_fallback(
             target,
@@ -357,6 +358,7 @@ class Service:
             shape=shaping,
             logprobs=(req.logprobs, req.top_logprobs),
             images=images,
+            debug_render_only=req.debug_render_only,
         )
 
     async def generate(self, req: GenerateRequest) -> AsyncIterator[Chunk]:
@@ -366,6 +368,7 @@ class Service:
         target = await self._target(req.model, missing="model '{name}' not found")
         if isinstance(target, Route):
             assert self.upstreams is not None
+            _no_debug_upstream(req)
             return self.upstreams.generate(target, req)
         return await self._local_or_fallback(
             target,
@@ -419,6 +422,7 @@ class Service:
             shape=shaping,
             logprobs=(req.logprobs, req.top_logprobs),
             images=images,
+            debug_render_only=req.debug_render_only,
         )
 
     async def embed(self, req: EmbedRequest) -> Embeddings:
@@ -576,6 +580,7 @@ class Service:
         logprobs: tuple[bool, int] = (False, 0),
         images: tuple[bytes, ...] = (),
         raw: bool = False,
+        debug_render_only: bool = False,
     ) -> AsyncIterator[Chunk]:
         merged = model_defaults(spec.params).overlay(opts)
         lease: Lease
@@ -583,6 +588,9 @@ class Service:
             text = prompt if isinstance(prompt, str) else await prompt(lease.model)
             if images and not raw and not IMAGE_TAG.search(text):
                 images = ()  # their messages were truncated away
+            if debug_render_only:
+                yield Chunk(debug=(text, len(images)))
+                return
             if self.settings.log_prompts:
                 log.debug("prompt for %s: %r", spec.name, text)
             completion = Completion(
@@ -739,6 +747,11 @@ def _template(
 
 def _full_header(path: str) -> GGUFInfo:
     return read_gguf(path, full_arrays=True)
+
+
+def _no_debug_upstream(req: ChatRequest | GenerateRequest) -> None:
+    if req.debug_render_only:
+        raise InvalidRequest("_debug_render_only is not available for a model an upstream serves")
 
 
 def source_suffix(raw: str) -> tuple[str, bool]:

@@ -461,6 +461,35 @@ async def test_load_and_unload_replies_are_one_object_streamed_or_not(
         assert r.json()["done_reason"] == ("unload" if "keep_alive" in body else "load")
 
 
+async def test_debug_render_only_answers_with_the_prompt(http: httpx.AsyncClient) -> None:
+    r = await http.post(
+        "/api/generate", json={"model": SMOL, "prompt": "Hi there", "_debug_render_only": True}
+    )
+    out = r.json()
+    assert r.status_code == 200 and list(out) == [
+        "model",
+        "created_at",
+        "response",
+        "done",
+        "_debug_info",
+    ]
+    rendered = out["_debug_info"]["rendered_template"]
+    assert "user\nHi there<|im_end|>" in rendered and rendered.endswith("<|im_start|>assistant\n")
+    assert (out["response"], out["done"], list(out["_debug_info"])) == (
+        "",
+        False,
+        ["rendered_template"],  # image_count is left out at 0, as Go's omitempty does
+    )
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    r = await http.post(
+        "/api/chat", json={"model": SMOL, "messages": msgs, "_debug_render_only": True}
+    )
+    out = r.json()
+    assert out["message"] == {"role": "", "content": ""} and out["done"] is False
+    assert out["_debug_info"]["rendered_template"].startswith("<|im_start|>system\nBe brief.")
+    assert "eval_count" not in out  # nothing was generated
+
+
 async def test_a_null_body_is_an_empty_request(http: httpx.AsyncClient) -> None:
     r = await http.post("/api/generate", content=b"null")  # Go decodes null as no fields
     assert r.status_code == 404 and r.json() == {"error": "model '' not found"}

@@ -282,6 +282,9 @@ async def test_openai_stream_deltas_carry_content_beside_reasoning(
         body = {"model": "t", "messages": [{"role": "user", "content": "x"}], "stream": True}
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
             r = await http.post("/v1/chat/completions", json=body)
+            debug = await http.post("/api/chat", json={**body, "_debug_render_only": True})
+    # Not an upstream's to answer (an OpenAI-kind one has no such thing): said plainly.
+    assert debug.status_code == 400 and "_debug_render_only" in debug.json()["error"]
     events = [orjson.loads(e[6:]) for e in r.content.split(b"\n\n") if e.startswith(b"data: {")]
     deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
     assert deltas[0] == {"role": "assistant", "content": "", "reasoning": "hmm"}

@@ -115,6 +115,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
     def encode(c: Chunk) -> dict[str, Any]:
         return wire.generate_chunk(req.model, c)
 
+    if req.debug_render_only:
+        return json_response(encode((await collect(chunks))[0]))
     # A load or unload reply is one object, streamed or not (Ollama's c.JSON).
     single = not stream or not (req.prompt or req.suffix)
     return await _reply(request, chunks, encode, not single, merge=_merge_generate)
@@ -130,6 +132,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     def encode(c: Chunk) -> dict[str, Any]:
         return wire.chat_chunk(req.model, c)
 
+    if req.debug_render_only:
+        return json_response(encode((await collect(chunks))[0]))
     single = not stream or not req.messages  # a load or unload reply, as for generate
     return await _reply(request, chunks, encode, not single, merge=_merge_chat)
 

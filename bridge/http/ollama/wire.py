@@ -121,6 +121,7 @@ def decode_generate(data: dict[str, Any]) -> tuple[GenerateRequest, bool]:
         shift=f.boolean("shift", True),
         logprobs=f.boolean("logprobs", False),
         top_logprobs=top_logprobs(f),
+        debug_render_only=f.boolean("_debug_render_only", False),
     )
     return req, f.boolean("stream", True)
 
@@ -148,6 +149,7 @@ def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool]:
         shift=f.boolean("shift", True),
         logprobs=f.boolean("logprobs", False),
         top_logprobs=top_logprobs(f),
+        debug_render_only=f.boolean("_debug_render_only", False),
     )
     return req, f.boolean("stream", True)
 
@@ -260,8 +262,18 @@ def generate_chunk(
     if chunk.context:
         out["context"] = list(chunk.context)
     _metrics(out, chunk)
+    if chunk.debug is not None:
+        out["_debug_info"] = debug_info(chunk.debug)
     if chunk.logprobs:
         out["logprobs"] = logprobs(chunk.logprobs)
+    return out
+
+
+def debug_info(debug: tuple[str, int]) -> dict[str, Any]:
+    rendered, images = debug
+    out: dict[str, Any] = {"rendered_template": rendered}
+    if images:
+        out["image_count"] = images
     return out
 
 
@@ -273,7 +285,9 @@ def chat_chunk(
     thinking: str | None = None,
     tool_calls: tuple[ToolCall, ...] | None = None,
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": chunk.text if text is None else text}
+    # A `_debug_render_only` answer carries Go's zero message: no role.
+    role = "" if chunk.debug is not None else "assistant"
+    message: dict[str, Any] = {"role": role, "content": chunk.text if text is None else text}
     th = chunk.thinking if thinking is None else thinking
     if th:
         message["thinking"] = th
@@ -288,6 +302,8 @@ def chat_chunk(
     }
     if chunk.done_reason:
         out["done_reason"] = chunk.done_reason
+    if chunk.debug is not None:
+        out["_debug_info"] = debug_info(chunk.debug)
     if chunk.logprobs:  # before the metrics here (api.ChatResponse), after them for generate
         out["logprobs"] = logprobs(chunk.logprobs)
     _metrics(out, chunk)

@@ -12,7 +12,7 @@ from bridge.domain import Chunk
 from bridge.errors import InvalidRequest, ModelNotFound
 from bridge.http.jsonbody import read_object
 from bridge.http.keys import SERVICE
-from bridge.http.openai import wire
+from bridge.http.openai import responses, wire
 from bridge.http.streaming import collect, stream_response
 from bridge.models.names import InvalidName, ModelName
 
@@ -143,6 +143,36 @@ async def completions(request: web.Request) -> web.StreamResponse:
     )
 
 
+async def create_response(request: web.Request) -> web.StreamResponse:
+    """/v1/responses, stateless, over the same chat the other routes use."""
+    req, stream, meta = responses.decode(
+        await read_object(request, "openai.ResponsesRequest", empty="EOF")
+    )
+    _require_model(req.model)
+    chunks = await request.app[SERVICE].chat(req)
+    if not stream:
+        items = await collect(chunks)
+        final = items[-1] if items else Chunk(done=True)
+        calls = [t for c in items for t in c.tool_calls]
+        text = "".join(c.text for c in items)
+        thinking = "".join(c.thinking for c in items)
+        return _json(responses.response(meta, text, thinking, calls, final))
+    converter = responses.StreamEvents(meta)
+
+    async def events() -> AsyncIterator[bytes]:
+        async for c in chunks:
+            for event in converter.feed(c):
+                yield event
+
+    return await stream_response(
+        request,
+        _closing(events(), chunks),
+        encode=_identity,
+        encode_error=converter.failed,
+        content_type=SSE,
+    )
+
+
 async def embeddings(request: web.Request) -> web.Response:
     req, encoding = wire.decode_embeddings(
         await read_object(request, "openai.EmbedRequest", empty="EOF")
@@ -213,6 +243,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/responses", create_response)
     # GET only (gin answers HEAD with 405 here, unlike the native listing routes).
     app.router.add_get("/v1/models", models, allow_head=False)
     app.router.add_get("/v1/models/{model}", model, allow_head=False)

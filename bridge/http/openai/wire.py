@@ -145,13 +145,18 @@ _EFFORTS: dict[str, bool | str] = {
 
 
 def _reasoning(f: Fields) -> bool | str | None:
-    """`reasoning.effort` when a `reasoning` object is sent, else `reasoning_effort`; an
-    empty effort leaves thinking at the model's default."""
+    """`reasoning.effort` when a `reasoning` object is sent, else `reasoning_effort`."""
     reasoning = f.object("reasoning", "openai.Reasoning")
     if reasoning is not None:
-        effort = Fields(reasoning, "ChatCompletionRequest.reasoning").string("effort")
-    else:
-        effort = f.string("reasoning_effort")
+        return reasoning_think(
+            Fields(reasoning, "ChatCompletionRequest.reasoning").string("effort")
+        )
+    return reasoning_think(f.string("reasoning_effort"))
+
+
+def reasoning_think(effort: str) -> bool | str | None:
+    """An OpenAI reasoning effort as a native `think` value; empty leaves thinking at the
+    model's default."""
     if not effort:
         return None
     if effort not in _EFFORTS:
@@ -238,7 +243,7 @@ def _part(role: str, part: Any) -> Message:
         url = value.get("url") if isinstance(value, dict) else value
         if not isinstance(url, str):
             raise InvalidRequest("invalid message format")
-        return Message(role=role, content="", images=(_image(url),))
+        return Message(role=role, content="", images=(image_data_url(url),))
     if kind == "input_audio":  # attached as an image is, for models that take audio
         audio = part.get("input_audio")
         if not isinstance(audio, dict):
@@ -253,7 +258,8 @@ def _part(role: str, part: Any) -> Message:
     raise InvalidRequest("invalid message format")
 
 
-def _image(url: str) -> bytes:
+def image_data_url(url: str) -> bytes:
+    """A `data:` URL's image bytes, as Ollama's layer accepts them."""
     if url.startswith(("http://", "https://")):
         raise InvalidRequest(
             "image URLs are not currently supported, please use base64 encoded data instead"

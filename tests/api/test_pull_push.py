@@ -141,10 +141,13 @@ async def test_pull_stream_false_and_errors(env: Env) -> None:
         "/api/pull", json={"model": env.name(tag="nope"), "insecure": True, "stream": False}
     )
     assert (r.status_code, r.json()) == (500, {"error": "pull model manifest: file does not exist"})
+    # Written from Ollama's stream: its content type has no charset (c.JSON's would).
+    assert r.headers["content-type"] == "application/json"
     got = await pull(env, env.name(tag="nope"))
     assert statuses(got) == ["pulling manifest", "error: pull model manifest: file does not exist"]
     r = await env.http.post("/api/pull", json={"model": "bad name!"})
     assert (r.status_code, r.json()) == (400, {"error": "invalid model name"})
+    assert r.headers["content-type"] == "application/json; charset=utf-8"  # gin's c.JSON
     r = await env.http.post("/api/pull", json={})
     assert (r.status_code, r.json()) == (400, {"error": "invalid model name"})
 

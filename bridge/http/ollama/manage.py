@@ -17,7 +17,8 @@ import httpx
 import orjson
 from aiohttp import web
 
-from bridge.errors import InvalidRequest
+from bridge.errors import BridgeError, InvalidRequest
+from bridge.http.errors import error_body, status_of
 from bridge.http.expect import defer_continue, send_continue
 from bridge.http.jsonbody import Fields, read_object
 from bridge.http.keys import SERVICE, SETTINGS
@@ -43,16 +44,23 @@ NDJSON = "application/x-ndjson"
 async def _progress_reply(
     request: web.Request, items: AsyncIterator[Progress], stream: bool
 ) -> web.StreamResponse:
-    if not stream:
-        last = (await collect(items) or [Progress("success")])[-1]
-        return web.Response(body=orjson.dumps(last.as_json()), content_type="application/json")
-    return await stream_response(
-        request,
-        items,
-        encode=lambda p: wire.ndjson(p.as_json()),
-        encode_error=wire.error_line,
-        content_type=NDJSON,
-    )
+    try:
+        if not stream:
+            last = (await collect(items) or [Progress("success")])[-1]
+            return web.Response(body=orjson.dumps(last.as_json()), content_type="application/json")
+        return await stream_response(
+            request,
+            items,
+            encode=lambda p: wire.ndjson(p.as_json()),
+            encode_error=wire.error_line,
+            content_type=NDJSON,
+        )
+    except BridgeError as exc:
+        # Before the first record: Ollama writes these from its stream, whose content type
+        # (plain application/json, no charset) is set before gin's c.JSON would add one.
+        status = status_of(exc)
+        body = error_body(exc.message, status, openai=False)
+        return web.Response(status=status, body=body, content_type="application/json")
 
 
 async def _body(request: web.Request, struct: str) -> Fields:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
 from bridge.domain import Chunk
-from bridge.errors import InvalidRequest, ModelNotFound
+from bridge.errors import BridgeError, InvalidRequest, ModelNotFound
 from bridge.http.jsonbody import read_object
 from bridge.http.keys import SERVICE
 from bridge.http.openai import responses, wire
@@ -92,14 +92,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                         )
                     )
 
-    return await stream_response(
-        request,
-        _closing(events(), chunks),
-        encode=_identity,
-        encode_error=wire.sse_error,
-        content_type=SSE,
-        trailer=DONE,
-    )
+    return await _sse(request, events(), chunks, wire.sse_error, trailer=DONE)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -133,14 +126,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                         )
                     )
 
-    return await stream_response(
-        request,
-        _closing(events(), chunks),
-        encode=_identity,
-        encode_error=wire.sse_error,
-        content_type=SSE,
-        trailer=DONE,
-    )
+    return await _sse(request, events(), chunks, wire.sse_error, trailer=DONE)
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -164,13 +150,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             for event in converter.feed(c):
                 yield event
 
-    return await stream_response(
-        request,
-        _closing(events(), chunks),
-        encode=_identity,
-        encode_error=converter.failed,
-        content_type=SSE,
-    )
+    return await _sse(request, events(), chunks, converter.failed)
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -221,6 +201,25 @@ def _delta(text: str, thinking: str, calls: list[dict[str, Any]]) -> dict[str, A
     if calls:
         d["tool_calls"] = calls
     return d
+
+
+async def _sse(
+    request: web.Request,
+    events: AsyncIterator[bytes],
+    chunks: AsyncIterator[Chunk],
+    encode_error: Callable[[BridgeError], bytes],
+    *,
+    trailer: bytes = b"",
+) -> web.StreamResponse:
+    """An SSE reply of ready-made `events`; the chunk stream under them is closed with them."""
+    return await stream_response(
+        request,
+        _closing(events, chunks),
+        encode=_identity,
+        encode_error=encode_error,
+        content_type=SSE,
+        trailer=trailer,
+    )
 
 
 def _identity(b: bytes) -> bytes:

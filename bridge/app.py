@@ -12,6 +12,7 @@ from aiohttp import web
 
 from bridge.config import Settings
 from bridge.engine.base import Engine
+from bridge.http.anthropic.routes import add_routes as add_anthropic_routes
 from bridge.http.cors import allowed_origins, host_guard_middleware, install_cors
 from bridge.http.errors import error_middleware
 from bridge.http.keys import SERVICE, SETTINGS
@@ -65,6 +66,7 @@ def create_app(
     add_ollama_routes(app)
     add_manage_routes(app)
     add_openai_routes(app)
+    add_anthropic_routes(app)
     return app
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import secrets
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -23,10 +25,22 @@ from bridge.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from bridge.http import gojson
 
 log = logging.getLogger(__name__)
 
 OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error"}
+# Anthropic's error types by status, as Ollama's anthropic.NewError picks them.
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+ANTHROPIC_PATH = "/v1/messages"
 
 
 def status_of(exc: BridgeError) -> int:
@@ -53,6 +67,38 @@ def is_openai(request: web.BaseRequest) -> bool:
     return request.path.startswith("/v1/")
 
 
+def is_anthropic(request: web.BaseRequest) -> bool:
+    return request.path == ANTHROPIC_PATH
+
+
+def anthropic_error(message: str, status: int) -> dict[str, Any]:
+    """The `error` object of Anthropic's error bodies and stream events."""
+    return {"type": ANTHROPIC_TYPES.get(status, "api_error"), "message": message}
+
+
+def anthropic_error_body(message: str, status: int) -> dict[str, Any]:
+    """`{"type": "error", "error": {type, message}, "request_id": "req_..."}`."""
+    return {
+        "type": "error",
+        "error": anthropic_error(message, status),
+        "request_id": "req_" + secrets.token_hex(12),
+    }
+
+
+def anthropic_rejection(exc: BridgeError) -> web.Response:
+    """A /v1/messages request refused before it reaches the chat handler (a body that does not
+    decode, a missing field, a block that does not convert): Ollama's middleware answers these
+    with gin's JSON (charset=utf-8, no trailing newline); later errors pass its writer, which
+    sends plain application/json and a newline (`error_response`)."""
+    status = status_of(exc)
+    return web.Response(
+        status=status,
+        body=gojson.dumps(anthropic_error_body(exc.message, status)),
+        content_type="application/json",
+        charset="utf-8",
+    )
+
+
 def error_body(message: str, status: int, *, openai: bool, param: str | None = None) -> bytes:
     """`{"error": msg}` natively; `{"error": {message, type, param, code}}` on /v1."""
     if openai:
@@ -68,14 +114,21 @@ def error_body(message: str, status: int, *, openai: bool, param: str | None = N
 
 def error_response(exc: BridgeError, request: web.BaseRequest) -> web.Response:
     status = status_of(exc)
-    openai = is_openai(request)
-    resp = web.Response(
-        status=status,
-        # `param` stays null, as Ollama's OpenAI layer leaves it.
-        body=error_body(exc.message, status, openai=openai),
-        content_type="application/json",
-        charset=None if openai else "utf-8",
-    )
+    if is_anthropic(request):
+        resp = web.Response(
+            status=status,
+            body=gojson.dumps(anthropic_error_body(exc.message, status)) + b"\n",
+            content_type="application/json",
+        )
+    else:
+        openai = is_openai(request)
+        resp = web.Response(
+            status=status,
+            # `param` stays null, as Ollama's OpenAI layer leaves it.
+            body=error_body(exc.message, status, openai=openai),
+            content_type="application/json",
+            charset=None if openai else "utf-8",
+        )
     if isinstance(exc, QueueFull):
         resp.headers["Retry-After"] = str(exc.retry_after)
     return resp
@@ -83,11 +136,11 @@ def error_response(exc: BridgeError, request: web.BaseRequest) -> web.Response:
 
 def internal_error(request: web.BaseRequest) -> web.Response:
     status = 500
-    return web.Response(
-        status=status,
-        body=error_body("internal server error", status, openai=is_openai(request)),
-        content_type="application/json",
-    )
+    if is_anthropic(request):
+        body = gojson.dumps(anthropic_error_body("internal server error", status)) + b"\n"
+    else:
+        body = error_body("internal server error", status, openai=is_openai(request))
+    return web.Response(status=status, body=body, content_type="application/json")
 
 
 @web.middleware

@@ -36,6 +36,8 @@ GENERATION = frozenset(
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
+        "/v1/responses",
+        "/v1/messages",
     }
 )
 

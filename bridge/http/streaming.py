@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
@@ -172,6 +172,16 @@ async def _write_batched(out: _Writer[T], items: AsyncIterator[T]) -> None:
             producer.exception()  # retrieved: raised above, or beside the write's own error
         if cancelled:
             raise asyncio.CancelledError()
+
+
+async def closing_with(events: AsyncIterator[T], source: AsyncIterator[Any]) -> AsyncIterator[T]:
+    """`events` (made from `source`), closing `source` too when the events stop."""
+    try:
+        async for e in events:
+            yield e
+    finally:
+        await _aclose(events)
+        await _aclose(source)
 
 
 async def collect(items: AsyncIterator[T]) -> list[T]:

@@ -13,7 +13,7 @@ from bridge.errors import BridgeError, InvalidRequest, ModelNotFound
 from bridge.http.jsonbody import read_object
 from bridge.http.keys import SERVICE
 from bridge.http.openai import responses, wire
-from bridge.http.streaming import collect, stream_response
+from bridge.http.streaming import closing_with, collect, stream_response
 from bridge.models.names import InvalidName, ModelName
 
 SSE = "text/event-stream"
@@ -214,7 +214,7 @@ async def _sse(
     """An SSE reply of ready-made `events`; the chunk stream under them is closed with them."""
     return await stream_response(
         request,
-        _closing(events, chunks),
+        closing_with(events, chunks),
         encode=_identity,
         encode_error=encode_error,
         content_type=SSE,
@@ -224,18 +224,6 @@ async def _sse(
 
 def _identity(b: bytes) -> bytes:
     return b
-
-
-async def _closing(
-    events: AsyncIterator[bytes], source: AsyncIterator[Chunk]
-) -> AsyncIterator[bytes]:
-    """`events`, making sure the underlying chunk stream is closed when the events stop."""
-    try:
-        async for e in events:
-            yield e
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-        await source.aclose()  # type: ignore[attr-defined]
 
 
 def add_routes(app: web.Application) -> None:

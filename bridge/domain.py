@@ -115,6 +115,7 @@ class GenerateRequest:
     keep_alive: float | None = None
     think: bool | str | None = None
     shift: bool = True
+    truncate: bool = True  # false: a prompt too long for the context is an error
     logprobs: bool = False
     top_logprobs: int = 0
     debug_render_only: bool = False

@@ -418,7 +418,8 @@ class Service:
             context=req.context or (),
             return_context=not req.raw,
             raw=req.raw,
-            shift=req.shift,
+            # Not truncating: the prompt goes as it is, and one too long is an error.
+            shift=req.shift and req.truncate,
             shape=shaping,
             logprobs=(req.logprobs, req.top_logprobs),
             images=images,

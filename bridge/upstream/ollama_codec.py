@@ -114,6 +114,8 @@ def generate_body(model: str, req: GenerateRequest) -> dict[str, Any]:
         body["images"] = _b64(req.images)
     if not req.shift:
         body["shift"] = False
+    if not req.truncate:
+        body["truncate"] = False
     return _common(body, req.options, req.format, req.keep_alive, req.think)
 
 

@@ -702,9 +702,10 @@ async def test_long_prompt_is_shifted_to_fit(http: httpx.AsyncClient) -> None:
     r = await http.post("/api/generate", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["prompt_eval_count"] < 256
-    r = await http.post("/api/generate", json={**body, "shift": False})
-    assert r.status_code == 400
-    assert r.json()["error"].startswith("the prompt is longer than the context length")
+    for off in ({"shift": False}, {"truncate": False}):  # truncate: the prompt goes as it is
+        r = await http.post("/api/generate", json={**body, **off})
+        assert r.status_code == 400
+        assert r.json()["error"].startswith("the prompt is longer than the context length")
 
 
 async def test_generation_stops_at_the_context_end(http: httpx.AsyncClient) -> None:

@@ -119,6 +119,7 @@ def decode_generate(data: dict[str, Any]) -> tuple[GenerateRequest, bool]:
         keep_alive=keep_alive(f),
         think=think(f),
         shift=f.boolean("shift", True),
+        truncate=f.boolean("truncate", True),
         logprobs=f.boolean("logprobs", False),
         top_logprobs=top_logprobs(f),
         debug_render_only=f.boolean("_debug_render_only", False),

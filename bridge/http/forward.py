@@ -57,7 +57,9 @@ _HOP = frozenset(
     )
 )
 # The worker's server has already decoded a compressed request body; so must its headers.
-_NOT_FORWARDED = _HOP | {hdrs.CONTENT_ENCODING.lower(), hdrs.HOST.lower()}
+# An expectation is the worker's to meet (it asks the client for the body before passing it
+# on), not the primary's.
+_NOT_FORWARDED = _HOP | {hdrs.CONTENT_ENCODING.lower(), hdrs.HOST.lower(), hdrs.EXPECT.lower()}
 _PRIMARY = web.AppKey("primary_session", ClientSession)
 
 

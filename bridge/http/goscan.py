@@ -11,6 +11,7 @@ for clarity; strings, the bulk of any large body, are skipped with a regular exp
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable
 
 _CONTINUE, _END, _END_CONTAINER, _ERROR = range(4)
@@ -27,16 +28,25 @@ class GoSyntaxError(ValueError):
     for a body with nothing but white space."""
 
 
-def first_value_end(body: bytes) -> int:
-    """The index just past the first JSON value in `body`, as Go's Decoder reads it."""
+class ScanStopped(Exception):
+    """`stop` was set during a scan: nobody waits for its answer any more."""
+
+
+def first_value_end(body: bytes, stop: threading.Event | None = None) -> int:
+    """The index just past the first JSON value in `body`, as Go's Decoder reads it. A scan
+    on a thread checks `stop` every 64 KiB steps, and gives up once it is set."""
     scan = _Scanner()
     i, n = 0, len(body)
+    steps = 0
     while i < n:
+        steps += 1
+        if stop is not None and not steps & 0xFFFF and stop.is_set():
+            raise ScanStopped()
         if scan.step == scan.in_string:
-            stop = _STRING_STOP.search(body, i)
-            if stop is None:
+            special = _STRING_STOP.search(body, i)
+            if special is None:
                 break
-            i = stop.start()
+            i = special.start()
         match scan.step(body[i]):
             case 1:  # _END: the value ended before this byte
                 return i

@@ -10,6 +10,7 @@ import asyncio
 import json
 import math
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,7 +60,12 @@ async def read_object(
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        value = await asyncio.to_thread(_decode_like_go, body, empty)
+        stop = threading.Event()  # a client gone, or the server stopping: the scan ends
+        try:
+            value = await asyncio.to_thread(_decode_like_go, body, empty, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
     return _as_object(value, struct)
 
 
@@ -87,20 +93,26 @@ def _as_object(value: Any, struct: str) -> dict[str, Any]:
     return value
 
 
-def _decode_like_go(body: bytes, empty: str) -> Any:
+def _decode_like_go(body: bytes, empty: str, stop: threading.Event | None = None) -> Any:
     try:
-        end = first_value_end(body)
+        end = first_value_end(body, stop)
     except GoSyntaxError as exc:
         raise InvalidRequest(empty if str(exc) == "EOF" else str(exc)) from None
-    head = body[:end]
+    return decode_valid(body[:end])
+
+
+def decode_valid(text: bytes) -> Any:
+    """A JSON value Go's scanner accepts. Where orjson refuses it (bytes that are not UTF-8
+    and lone surrogate escapes, which Go decodes as U+FFFD; numbers past 64 bits or a
+    double's range; nesting past 1024 levels), the standard library decodes it."""
     try:
-        return orjson.loads(head)
+        return orjson.loads(text)
     except orjson.JSONDecodeError:
         pass
-    # Valid to Go, not to orjson: bytes that are not UTF-8 and lone surrogate escapes (Go
-    # decodes both as U+FFFD), numbers past a double's range, nesting past 1024 levels.
     try:
-        value = json.loads(head.decode("utf-8", "replace"), parse_float=_go_float)
+        value = json.loads(
+            text.decode("utf-8", "replace"), parse_float=_go_float, parse_int=_go_int
+        )
     except RecursionError:
         raise InvalidRequest("exceeded max depth") from None
     return _without_surrogates(value)
@@ -113,6 +125,16 @@ def _go_float(literal: str) -> float:
             f"json: cannot unmarshal number {literal} into Go value of type float64"
         )
     return value
+
+
+def _go_int(literal: str) -> int | float:
+    # As orjson reads them: past 64 bits an integer is a double (and never a digit string
+    # too long for Python's int()).
+    if len(literal.lstrip("-")) <= 19:
+        value = int(literal)
+        if -(2**63) <= value < 2**64:
+            return value
+    return _go_float(literal)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

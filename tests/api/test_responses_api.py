@@ -170,3 +170,31 @@ async def test_reasoning_and_function_calls_round_trip(
     assert sent[1]["thinking"] == "let me look"
     assert sent[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
     assert sent[2]["content"] == "sunny"
+
+
+async def test_review_edges(http: httpx.AsyncClient) -> None:
+    """Go accepts a lone surrogate in function arguments; a mistyped tool is Go's 400; the
+    response object writes numbers as Go does; /v1 chat answers _debug_render_only."""
+    history = [
+        {"role": "user", "content": "Hi"},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"a":"\\ud800"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+    ]
+    r = await http.post(
+        "/v1/responses", json={"model": SMOL, "input": history, "max_output_tokens": 2}
+    )
+    assert r.status_code == 200, r.text
+    assert b'"top_p":1,' in r.content and b'"temperature":1,' in r.content  # not 1.0
+    bad = {"type": "namespace", "name": "ns", "tools": [{"type": "function", "name": 5}]}
+    r = await http.post("/v1/responses", json={"model": SMOL, "input": "x", "tools": [bad]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == (
+        "json: cannot unmarshal number into Go struct field "
+        "ResponsesRequest.tools.tools.name of type string"
+    )
+    body = {"model": SMOL, "messages": [{"role": "user", "content": "Hi"}]}
+    r = await http.post("/v1/chat/completions", json={**body, "_debug_render_only": True})
+    out = r.json()
+    assert out["choices"][0]["message"] == {"role": "", "content": ""}
+    assert "user\nHi" in out["_debug_info"]["rendered_template"]
+    assert out["usage"]["completion_tokens"] == 0

@@ -21,7 +21,7 @@ import orjson
 from bridge.domain import ChatRequest, Chunk, Message, Metrics, Options, ToolCall
 from bridge.errors import BridgeError, InvalidRequest
 from bridge.http.goscan import GoSyntaxError, first_value_end
-from bridge.http.jsonbody import Fields
+from bridge.http.jsonbody import Fields, decode_valid
 from bridge.http.openai.wire import image_data_url, reasoning_think
 
 
@@ -213,7 +213,10 @@ def _content(value: Any, where: str, *, what: str = "content") -> tuple[str, tup
     if isinstance(value, str):
         return value, ()
     if not isinstance(value, list):
-        raise InvalidRequest(f"{where}{what} must be a string or array")
+        raise InvalidRequest(
+            f"{where}{what} must be a string or array: json: cannot unmarshal "
+            f"{_json_kind(value)} into Go value of type []json.RawMessage"
+        )
     text: list[str] = []
     images: list[bytes] = []
     for j, part in enumerate(value):
@@ -247,7 +250,9 @@ def _arguments(value: Any) -> dict[str, Any]:
     rest = text.encode()[end:].lstrip(b" \t\r\n")
     if rest:
         raise InvalidRequest(f"{prefix}invalid character {chr(rest[0])!r} after top-level value")
-    args = orjson.loads(text) if text.strip() != "null" else {}
+    args = decode_valid(text.encode())
+    if args is None:  # null: no arguments, as Go's map stays nil
+        return {}
     if not isinstance(args, dict):
         raise InvalidRequest(
             f"{prefix}json: cannot unmarshal {_json_kind(args)} into Go value of type map[string]interface {{}}"
@@ -255,12 +260,20 @@ def _arguments(value: Any) -> dict[str, Any]:
     return args
 
 
-def _tool(value: Any) -> Mapping[str, Any]:
+def _tool(value: Any, path: str = "ResponsesRequest.tools") -> Mapping[str, Any]:
+    """A tool, its fields checked as Go's decoder checks ResponsesTool's."""
     if not isinstance(value, dict):
         raise InvalidRequest(
             f"json: cannot unmarshal {_json_kind(value)} into Go struct field "
-            "ResponsesRequest.tools of type openai.ResponsesTool"
+            f"{path} of type openai.ResponsesTool"
         )
+    f = Fields(value, path)
+    for field in ("type", "name"):
+        f.string(field)
+    f.opt_string("description")
+    f.object("parameters")
+    for member in f.array("tools", "[]openai.ResponsesTool") or ():
+        _tool(member, f"{path}.tools")
     return value
 
 
@@ -274,7 +287,7 @@ def _expand(tool: Mapping[str, Any]) -> list[dict[str, Any]]:
         prefix = f"{tool.get('name')}." if tool.get("name") else ""
         out: list[dict[str, Any]] = []
         for member in tool.get("tools") or ():
-            for t in _expand(_tool(member)):
+            for t in _expand(member):
                 name = t["function"]["name"]
                 if prefix and not name.startswith(prefix):
                     t["function"]["name"] = prefix + name
@@ -290,17 +303,37 @@ def _expand(tool: Mapping[str, Any]) -> list[dict[str, Any]]:
 # --- replies -------------------------------------------------------------------------------
 
 
-def _tool_out(t: Mapping[str, Any]) -> dict[str, Any]:
-    """A request tool as the reply echoes it (Go's ResponsesTool in field order)."""
+class _Raw(dict[str, Any]):
+    """A JSON object Go passes through as it came (a json.RawMessage): never re-sorted."""
+
+
+def _go_sorted(value: Any) -> Any:
+    """`value` as Go marshals a map[string]any: keys sorted, at every depth."""
+    if isinstance(value, _Raw):
+        return value
+    if isinstance(value, dict):
+        return {k: _go_sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_go_sorted(v) for v in value]
+    return value
+
+
+def _go_number(x: float) -> float | int:
+    return int(x) if x.is_integer() and abs(x) < 2**53 else x  # Go writes 1, not 1.0
+
+
+def _tool_out(t: Mapping[str, Any], *, streamed: bool) -> dict[str, Any]:
+    """A request tool as the reply echoes it: Go's ResponsesTool in field order, its
+    parameters (a Go map) sorted; streamed, a map of five keys."""
     out = {
         "type": t.get("type", ""),
         "name": t.get("name", ""),
         "description": t.get("description"),
         "strict": t.get("strict"),
-        "parameters": t.get("parameters"),
+        "parameters": _go_sorted(t.get("parameters")),
     }
-    if t.get("tools"):
-        out["tools"] = [_tool_out(m) for m in t["tools"] if isinstance(m, dict)]
+    if t.get("tools") and not streamed:
+        out["tools"] = [_tool_out(m, streamed=False) for m in t["tools"]]
     return out
 
 
@@ -333,16 +366,22 @@ def _response(
     created: int,
     completed: int | None,
     error: dict[str, Any] | None = None,
+    streamed: bool = False,
 ) -> dict[str, Any]:
+    """The response object: Go's struct (stream false) or the map its stream builds, whose
+    `reasoning` keeps null fields the struct leaves out."""
     reasoning: dict[str, Any] | None = None
-    if meta.effort or meta.summary:
+    if streamed and (meta.effort or meta.summary):
         reasoning = {"effort": meta.effort or None, "summary": meta.summary or None}
+    elif meta.effort or meta.summary:
+        reasoning = {k: v for k, v in (("effort", meta.effort), ("summary", meta.summary)) if v}
     fmt: Any = {"type": "text"}
     if meta.text_format is not None:
         fmt = {"type": meta.text_format.get("type", "")}
         for key in ("name", "schema", "strict"):
-            if meta.text_format.get(key) is not None:
-                fmt[key] = meta.text_format[key]
+            value = meta.text_format.get(key)
+            if value is not None:
+                fmt[key] = _Raw(value) if isinstance(value, dict) else value
     return {
         "id": meta.response_id,
         "object": "response",
@@ -355,16 +394,16 @@ def _response(
         "instructions": meta.instructions,
         "output": output,
         "error": error,
-        "tools": [_tool_out(t) for t in meta.tools],
+        "tools": [_tool_out(t, streamed=streamed) for t in meta.tools],
         "tool_choice": "auto",
         "truncation": meta.truncation,
         "parallel_tool_calls": True,
         "text": {"format": fmt},
-        "top_p": 1.0 if meta.top_p is None else meta.top_p,
+        "top_p": _go_number(1.0 if meta.top_p is None else meta.top_p),
         "presence_penalty": 0,
         "frequency_penalty": 0,
         "top_logprobs": 0,
-        "temperature": 1.0 if meta.temperature is None else meta.temperature,
+        "temperature": _go_number(1.0 if meta.temperature is None else meta.temperature),
         "reasoning": reasoning,
         "usage": usage,
         "max_output_tokens": meta.max_output_tokens,
@@ -446,7 +485,7 @@ class StreamEvents:
         data["type"] = kind
         data["sequence_number"] = self.seq
         self.seq += 1
-        body = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)  # Go marshals maps sorted
+        body = orjson.dumps(_go_sorted(data))  # Go marshals maps sorted
         return b"event: " + kind.encode() + b"\ndata: " + body + b"\n\n"
 
     def _object(
@@ -459,6 +498,7 @@ class StreamEvents:
             usage=usage,
             created=int(time.time()),
             completed=None,
+            streamed=True,
         )
 
     def feed(self, c: Chunk) -> list[bytes]:

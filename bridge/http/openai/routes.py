@@ -43,6 +43,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     _require_model(req.model)
     chunks = await request.app[SERVICE].chat(req)
     cid = wire.new_id("chatcmpl")
+    if req.debug_render_only:  # the rendered prompt, nothing generated (streamed or not)
+        (rendered, *_) = await collect(chunks)
+        return _json(wire.debug_completion(cid, req.model, int(time.time()), rendered))
     if not stream:
         items = await collect(chunks)
         final = items[-1] if items else Chunk(done=True)
@@ -66,6 +69,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         sent_calls = 0
         async for c in chunks:
             deltas = _deltas(c, sent_calls)
+            if first and not deltas:  # a wholly empty reply still opens with the role
+                deltas = [{"content": ""}]
             sent_calls += len(c.tool_calls)
             lps = c.logprobs
             for d in deltas:

@@ -35,8 +35,8 @@ from bridge.durations import InvalidDuration, parse_keep_alive
 from bridge.errors import BridgeError, InvalidRequest
 from bridge.http.errors import error_body, status_of
 from bridge.http.jsonbody import Fields
+from bridge.http.ollama.wire import debug_info, top_logprobs
 from bridge.http.ollama.wire import logprobs as native_logprobs
-from bridge.http.ollama.wire import top_logprobs
 
 _DATA_URL = re.compile(r"^data:(?:image/(?:jpeg|jpg|png|webp))?;base64,(.*)$", re.DOTALL)
 
@@ -127,6 +127,7 @@ def decode_chat(data: dict[str, Any]) -> tuple[ChatRequest, bool, bool]:
         think=_reasoning(f),
         logprobs=f.boolean("logprobs", False),
         top_logprobs=top_logprobs(f),
+        debug_render_only=f.boolean("_debug_render_only", False),
     )
     so = f.object("stream_options") or {}
     return req, f.boolean("stream", False), bool(so.get("include_usage"))
@@ -433,6 +434,22 @@ def chat_completion(
         "choices": [choice],
         "usage": usage(final.metrics),
     }
+
+
+def debug_completion(cid: str, model: str, created: int, rendered: Chunk) -> dict[str, Any]:
+    """`_debug_render_only`'s answer: Go's zero message and no finish, beside the prompt."""
+    out: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_ollama",
+        "choices": [{"index": 0, "message": {"role": "", "content": ""}, "finish_reason": None}],
+        "usage": usage(None),
+    }
+    if rendered.debug is not None:
+        out["_debug_info"] = debug_info(rendered.debug)
+    return out
 
 
 def chat_chunk(

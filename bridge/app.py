@@ -15,6 +15,7 @@ from bridge.engine.base import Engine
 from bridge.http.anthropic.routes import add_routes as add_anthropic_routes
 from bridge.http.cors import allowed_origins, host_guard_middleware, install_cors
 from bridge.http.errors import error_middleware
+from bridge.http.inflight import install_in_flight
 from bridge.http.keys import SERVICE, SETTINGS
 from bridge.http.middleware import install_request_ids
 from bridge.http.ollama.manage import add_routes as add_manage_routes
@@ -60,6 +61,7 @@ def create_app(
         app.middlewares.append(host_guard_middleware(hostname=socket.gethostname()))
     install_request_ids(app)
     app.middlewares.append(error_middleware)
+    install_in_flight(app)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_service_ctx(engine_factory or _default_engine, upstream_transport))
     app.on_shutdown.append(_interrupt)

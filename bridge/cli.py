@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from bridge import OLLAMA_COMPAT_VERSION, __version__
 from bridge.config import SETTINGS, ConfigError, Settings, load_settings
+from bridge.http.inflight import INFLIGHT
 from bridge.http.keys import SERVICE
 from bridge.http.middleware import RequestIdFilter
 
@@ -162,7 +164,6 @@ def serve(settings: Settings, argv: Sequence[str] = ()) -> int:
             # Before the primary closes its private socket: the workers' requests in flight
             # may still need it (everything but upstream generations passes through it).
             log.info("stopping: the worker processes finish their requests first")
-            app[SERVICE].scheduler.interrupt()  # as a server without workers does at once
             await pool.stop(SHUTDOWN_GRACE)
 
         async def stop_workers(app: web.Application) -> None:
@@ -240,8 +241,9 @@ async def _serve_until_stopped(
     drain: Callable[[], Awaitable[None]] | None,
 ) -> int:
     """Serve until SIGINT or SIGTERM, then stop in this order: stop accepting on the public
-    socket (as Ollama does at once); `drain` (the workers finish and exit); then open streams
-    get SHUTDOWN_GRACE seconds, the private socket closes, and every model is unloaded.
+    socket (as Ollama does at once) and end local generations; `drain` (the workers finish
+    and exit); requests in flight get SHUTDOWN_GRACE seconds; then the private socket closes,
+    what is left is cut, and every model is unloaded.
     Later signals change nothing: a service manager that signals every process, and the
     primary that signals its workers again, must not break a stop off half-way."""
     loop = asyncio.get_running_loop()
@@ -261,7 +263,8 @@ async def _serve_until_stopped(
         # or slot and stops its generation.
         handler_cancellation=True,
         access_log=None,
-        shutdown_timeout=SHUTDOWN_GRACE,
+        # Requests had their grace already (`idle`): what is still open is cut.
+        shutdown_timeout=0.5,
     )
     await runner.setup()  # start-up: settings, the first scan, upstreams, workers
     try:
@@ -282,8 +285,17 @@ async def _serve_until_stopped(
         ready()
         await stopping.wait()
         await public.stop()
+        logging.getLogger("bridge").info(
+            "stopping: %d request(s) in flight get up to %gs", app[INFLIGHT].count, SHUTDOWN_GRACE
+        )
+        app[SERVICE].scheduler.interrupt()  # local generations end now, with an error record
         if drain is not None:
             await drain()
+        # Requests in flight finish, bodies still arriving included: aiohttp's shutdown
+        # below reads nothing more from any connection.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_GRACE):
+                await app[INFLIGHT].idle()
     finally:
         await runner.cleanup()
     return 0

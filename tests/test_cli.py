@@ -109,3 +109,30 @@ def test_serve_help_lists_every_setting() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert b"--memory-budget" in r.stdout and b"90%" in r.stdout
+
+
+def test_a_request_whose_body_comes_after_sigterm_is_answered(
+    serve: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    """In flight when the stop begins, so it finishes (aiohttp's own shutdown would stop
+    reading its body)."""
+    proc, url = serve
+    body = orjson.dumps({"model": "smollm2-135m-instruct.q4_1"})
+    host = url.removeprefix("http://")
+    with socket.create_connection(("127.0.0.1", int(host.rsplit(":", 1)[1])), timeout=30) as s:
+        s.sendall(
+            b"POST /api/show HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (host.encode(), len(body))
+        )
+        reply = s.makefile("rb")
+        assert reply.readline() == b"HTTP/1.1 100 Continue\r\n"  # the handler waits for it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if b"stopping: 1 request(s) in flight" in line:
+                break
+        s.sendall(body)
+        assert reply.readline() == b"\r\n"
+        assert reply.readline().startswith(b"HTTP/1.1 200")
+        assert b'"family":"llama"' in reply.read()
+    assert proc.wait(timeout=30) == 0

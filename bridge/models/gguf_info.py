@@ -502,26 +502,33 @@ def _has_placeholder(value: Any) -> bool:
 
 
 def _copy_value(value: Any, verbose: bool) -> Any:
+    if not verbose and isinstance(value, ArrayInfo | list):
+        # Ollama reads the file for a plain /api/show with arrays capped at 0 items: a
+        # non-empty one keeps no values and is written as null.
+        return None if (value.count if isinstance(value, ArrayInfo) else len(value)) else []
     if isinstance(value, ArrayInfo):
         return []
     if isinstance(value, list):
-        if not verbose and len(value) > 5:
-            return []
         return [_copy_value(v, verbose) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)  # Go writes 100000, not 100000.0
     return value
 
 
 def model_info(info: GGUFInfo, *, verbose: bool) -> dict[str, Any]:
-    """The ``model_info`` object of Ollama's ``/api/show``.
+    """The ``model_info`` object of Ollama's ``/api/show``: a Go map, so keys sorted.
 
-    Every KV in file order except ``general.name`` and ``tokenizer.chat_template``;
-    arrays of more than 5 items become ``[]`` unless ``verbose``. With ``verbose`` the
-    file is read again with ``full_arrays=True`` when ``info`` lacks array values.
+    Every KV except ``general.name`` and ``tokenizer.chat_template``, with Ollama's
+    ``general.parameter_count`` (the tensors' elements) added; without ``verbose``,
+    non-empty arrays are null. With ``verbose`` the file is read again with
+    ``full_arrays=True`` when ``info`` lacks array values.
     """
     if verbose and any(_has_placeholder(v) for v in info.metadata.values()):
         info = read_gguf(info.path, full_arrays=True)
-    return {
+    out = {
         key: _copy_value(value, verbose)
         for key, value in info.metadata.items()
         if key not in _HIDDEN_KEYS
     }
+    out["general.parameter_count"] = info.parameter_count
+    return dict(sorted(out.items()))

@@ -372,8 +372,8 @@ async def test_copy_then_delete_keeps_shared_blobs(
     tags = (await http.get("/api/tags")).json()["models"]
     assert [t["name"] for t in tags] == ["me/smol:copy"]
 
-    r = await http.request("DELETE", "/api/delete", json={"name": "ME/Smol:Copy"})
-    assert r.status_code == 200
+    r = await http.request("DELETE", "/api/delete", json={"name": "ME/Smol:Copy:local"})
+    assert r.status_code == 200  # `:local` names the local model, as in Ollama
     assert blob_files(root) == set()
     assert manifest_files(root) == set()
 

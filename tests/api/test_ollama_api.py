@@ -89,7 +89,7 @@ async def test_client_list_and_show(client: ollama.AsyncClient) -> None:
     assert shown.modelinfo["general.architecture"] == "llama"
     assert shown.modelinfo["llama.context_length"] == 8192
     assert "general.name" not in shown.modelinfo
-    assert shown.modelinfo["tokenizer.ggml.tokens"] == []  # long arrays are blanked
+    assert shown.modelinfo["tokenizer.ggml.tokens"] is None  # arrays are read capped at 0
 
 
 async def test_show_parameters_and_errors(http: httpx.AsyncClient) -> None:
@@ -500,6 +500,9 @@ async def test_local_suffix_and_cloud_status(http: httpx.AsyncClient) -> None:
     assert r.status_code == 200 and r.json()["model"] == f"{SMOL}:local"
     r = await http.post("/api/show", json={"model": f"{SMOL}:LOCAL"})
     assert r.status_code == 200 and r.json()["details"]["family"] == "llama"
+    assert "context_length" not in r.json()["details"]  # the listing's alone, in Ollama
+    r = await http.request("DELETE", "/api/delete", json={"model": "x:local:cloud"})
+    assert r.status_code == 400 and r.json()["error"].startswith("use either :local or :cloud")
     r = await http.post("/api/chat", json={"model": "x:local:cloud"})
     assert r.status_code == 400
     assert r.json() == {"error": 'use either :local or :cloud, not both: "x:local:cloud"'}

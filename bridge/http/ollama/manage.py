@@ -31,6 +31,7 @@ from bridge.models.progress import Progress
 from bridge.models.pull import TransferPolicy
 from bridge.models.store_writer import StoreWriter, is_digest
 from bridge.registry import RegistryClient
+from bridge.service import source_suffix
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ async def _body(request: web.Request, struct: str) -> Fields:
 
 async def pull(request: web.Request) -> web.StreamResponse:
     f = await _body(request, "PullRequest")
-    name = f.string("model") or f.string("name")
+    name = source_suffix(f.string("model") or f.string("name"))[0]  # `name:local` is `name`
     items = await request.app[MANAGER].pull(name, insecure=f.boolean("insecure", False))
     return await _progress_reply(request, items, f.boolean("stream", True))
 
@@ -100,7 +101,7 @@ async def copy(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     f = await _body(request, "DeleteRequest")
     name = wire.model_field(f, required_msg="model is required")
-    await request.app[MANAGER].delete(name)
+    await request.app[MANAGER].delete(source_suffix(name)[0])
     return web.Response(status=200)
 
 

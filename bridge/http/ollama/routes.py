@@ -93,7 +93,7 @@ async def show(request: web.Request) -> web.Response:
         out["template"] = template
     if info.system:
         out["system"] = info.system
-    out["details"] = wire.details(spec.details)
+    out["details"] = wire.details(spec.details, lengths=False)
     if spec.messages:
         out["messages"] = [{"role": m.role, "content": m.content} for m in spec.messages]
     out["model_info"] = info.model_info

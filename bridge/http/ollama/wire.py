@@ -364,7 +364,9 @@ def error_line(exc: BridgeError) -> bytes:
     return orjson.dumps({"error": exc.message}) + b"\n"
 
 
-def details(d: ModelDetails) -> dict[str, Any]:
+def details(d: ModelDetails, *, lengths: bool = True) -> dict[str, Any]:
+    """`lengths`: the context and embedding lengths, which Ollama's listing fills in and
+    its /api/show and /api/ps leave out."""
     out: dict[str, Any] = {
         "parent_model": d.parent_model,
         "format": d.format,
@@ -373,9 +375,9 @@ def details(d: ModelDetails) -> dict[str, Any]:
         "parameter_size": d.parameter_size,
         "quantization_level": d.quantization_level,
     }
-    if d.context_length:
+    if lengths and d.context_length:
         out["context_length"] = d.context_length
-    if d.embedding_length:
+    if lengths and d.embedding_length:
         out["embedding_length"] = d.embedding_length
     return out
 
@@ -394,7 +396,7 @@ def tags_entry(spec: ModelSpec) -> dict[str, Any]:
 def ps_entry(
     spec: ModelSpec, *, size: int, size_vram: int, context_length: int, expires_at: float | None
 ) -> dict[str, Any]:
-    d = details(spec.details)
+    d = details(spec.details, lengths=False)
     d["parent_model"] = ""
     return {
         "name": spec.name,

@@ -274,14 +274,14 @@ class Service:
                 log.warning("show %s: %s", spec.name, exc)
         spec = await _with_detected_stop(spec, info)
         params = dict(spec.params)
-        if options:
+        if options:  # in the Modelfile only: Ollama renders `parameters` before merging them
             params.update(parse_options(options).as_dict())
         if system is not None:
             spec = replace(spec, system=system)
         return ShowInfo(
             spec=spec,
             modelfile=render_modelfile(spec, params),
-            parameters=render_parameters(params),
+            parameters=render_parameters(dict(spec.params)),
             capabilities=capabilities(spec, info, _template(spec, info)),
             model_info=model_info(info, verbose=verbose) if info else {},
             tensors=[

@@ -101,6 +101,10 @@ async def test_show_parameters_and_errors(http: httpx.AsyncClient) -> None:
     ]
     assert body["details"]["family"] == "llama"
     assert len(body["tensors"]) == 272
+    # Request options reach the Modelfile only: Ollama renders `parameters` before them.
+    r = await http.post("/api/show", json={"model": SMOL, "options": {"temperature": 0.9}})
+    assert r.json()["parameters"] == body["parameters"]
+    assert "PARAMETER temperature 0.9" in r.json()["modelfile"]
     r = await http.post("/api/show", json={"model": "nope"})
     assert r.status_code == 404 and r.json() == {"error": "model 'nope:latest' not found"}
     r = await http.post("/api/show", json={})

@@ -274,3 +274,8 @@ class ModelSpec:
     license: tuple[str, ...] = ()
     problem: str | None = None  # why it cannot be used (missing blob, corrupt file)
     source_path: str = ""  # the file whose mtime is `modified_at` (manifest, or the GGUF)
+    # From the config blob, shown by /api/show: the renderer and parser named at create
+    # time, and the lowest Ollama version the model needs.
+    renderer: str = ""
+    parser: str = ""
+    requires: str = ""

@@ -211,6 +211,9 @@ class OllamaStore:
             messages=messages,
             license=tuple(licenses),
             problem="; ".join(problems) or None,
+            renderer=_config_text(config, "renderer"),
+            parser=_config_text(config, "parser"),
+            requires=_config_text(config, "requires"),
         )
 
     def _details(self, config: Mapping[str, Any], parent: str, model_path: str) -> ModelDetails:
@@ -319,3 +322,8 @@ def _layer(obj: Any) -> Layer:
         size=size if isinstance(size, int) else 0,
         from_=obj.get("from") if isinstance(obj.get("from"), str) else None,
     )
+
+
+def _config_text(config: Mapping[str, Any], key: str) -> str:
+    value = config.get(key)
+    return value if isinstance(value, str) else ""

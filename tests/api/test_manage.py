@@ -175,7 +175,17 @@ async def test_create_from_files_detects_the_template(
     assert [t["name"] for t in tags] == ["tiny:latest"]
     show = (await http.post("/api/show", json={"model": "tiny"})).json()
     assert show["template"].startswith("{{- range .Messages }}<|im_start|>")
+    assert "requires" not in show and "renderer" not in show
     assert temp_files(root) == []
+    # What the config blob names comes back in /api/show, in Ollama's key order.
+    body = {"model": "tiny2", "files": {"tiny.gguf": d}, "requires": "0.12.0"}
+    r = await http.post("/api/create", json=body | {"renderer": "qwen3", "parser": "qwen3"})
+    assert r.status_code == 200
+    show = (await http.post("/api/show", json={"model": "tiny2"})).json()
+    assert (show["requires"], show["renderer"], show["parser"]) == ("0.12.0", "qwen3", "qwen3")
+    keys = list(show)
+    assert keys.index("system" if "system" in show else "template") < keys.index("renderer")
+    assert keys.index("parser") < keys.index("details") and keys[-1] == "requires"
 
 
 async def test_create_stream_false_returns_the_last_status(

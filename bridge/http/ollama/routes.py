@@ -93,16 +93,22 @@ async def show(request: web.Request) -> web.Response:
         out["template"] = template
     if info.system:
         out["system"] = info.system
+    if spec.renderer:
+        out["renderer"] = spec.renderer
+    if spec.parser:
+        out["parser"] = spec.parser
     out["details"] = wire.details(spec.details, lengths=False)
     if spec.messages:
         out["messages"] = [{"role": m.role, "content": m.content} for m in spec.messages]
+    if info.remote is not None:
+        out["remote_model"], out["remote_host"] = info.remote
     out["model_info"] = info.model_info
     if info.tensors:
         out["tensors"] = info.tensors
     out["capabilities"] = list(info.capabilities)
-    if info.remote is not None:
-        out["remote_model"], out["remote_host"] = info.remote
     out["modified_at"] = local(spec.modified_at)
+    if spec.requires:
+        out["requires"] = spec.requires
     return json_response(out)
 
 

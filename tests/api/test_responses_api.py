@@ -198,3 +198,7 @@ async def test_review_edges(http: httpx.AsyncClient) -> None:
     assert out["choices"][0]["message"] == {"role": "", "content": ""}
     assert "user\nHi" in out["_debug_info"]["rendered_template"]
     assert out["usage"]["completion_tokens"] == 0
+    shouted = {"model": SMOL, "messages": [{"role": "USER", "content": "Hi"}]}
+    r = await http.post("/v1/chat/completions", json={**shouted, "_debug_render_only": True})
+    # Lower-cased, as Ollama's api.Message decoding does after its OpenAI layer.
+    assert "<|im_start|>user\nHi" in r.json()["_debug_info"]["rendered_template"]

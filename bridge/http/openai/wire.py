@@ -173,6 +173,8 @@ def _messages(m: Any, earlier: list[Message]) -> list[Message]:
     gives a message per part; tool calls, their id and the reasoning go on the last one."""
     if not isinstance(m, dict):
         raise InvalidRequest("invalid message format")
+    # Lower-cased: Ollama's layer passes the role on as sent, but api.Message's decoding,
+    # which every request goes through next, lower-cases it.
     role = str(m.get("role", "")).lower()
     content = m.get("content")
     raw_calls = m.get("tool_calls")

@@ -118,6 +118,24 @@ class Service:
         remote = self.upstreams.models([s.name for s in local])
         return sorted(local + remote, key=lambda s: s.modified_at, reverse=True)
 
+    async def list_capabilities(self, specs: Sequence[ModelSpec]) -> dict[str, tuple[str, ...]]:
+        """What each local model can do, as /api/show says it, for the listing (headers are
+        read once per file version; a model whose file cannot be read gets none)."""
+
+        def compute() -> dict[str, tuple[str, ...]]:
+            out: dict[str, tuple[str, ...]] = {}
+            for spec in specs:
+                if spec.source == "upstream" or spec.problem or not spec.model_path:
+                    continue
+                try:
+                    info = self.resolver.header(spec.model_path)
+                except (GGUFError, OSError):
+                    continue
+                out[spec.name] = capabilities(spec, info, _template(spec, info))
+            return out
+
+        return await asyncio.to_thread(compute)
+
     async def describe(self, raw: str) -> ModelSpec | None:
         """The model named `raw`, local or upstream, or None (also for an invalid name)."""
         try:

@@ -101,6 +101,10 @@ async def test_show_parameters_and_errors(http: httpx.AsyncClient) -> None:
     ]
     assert body["details"]["family"] == "llama"
     assert len(body["tensors"]) == 272
+    # The listing names the same capabilities, last, as newer Ollama lists them.
+    entry = next(t for t in (await http.get("/api/tags")).json()["models"] if t["name"] == SMOL)
+    assert list(entry)[-1] == "capabilities" and entry["capabilities"] == body["capabilities"]
+    assert "completion" in entry["capabilities"]
     # Request options reach the Modelfile only: Ollama renders `parameters` before them.
     r = await http.post("/api/show", json={"model": SMOL, "options": {"temperature": 0.9}})
     assert r.json()["parameters"] == body["parameters"]

@@ -46,8 +46,10 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def tags(request: web.Request) -> web.Response:
-    specs = await request.app[SERVICE].list_models()
-    return json_response({"models": [wire.tags_entry(s) for s in specs]})
+    service = request.app[SERVICE]
+    specs = await service.list_models()
+    caps = await service.list_capabilities(specs)
+    return json_response({"models": [wire.tags_entry(s, caps.get(s.name, ())) for s in specs]})
 
 
 async def ps(request: web.Request) -> web.Response:

@@ -382,8 +382,8 @@ def details(d: ModelDetails, *, lengths: bool = True) -> dict[str, Any]:
     return out
 
 
-def tags_entry(spec: ModelSpec) -> dict[str, Any]:
-    return {
+def tags_entry(spec: ModelSpec, capabilities: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {
         "name": spec.name,
         "model": spec.name,
         "modified_at": local(spec.modified_at),
@@ -391,6 +391,9 @@ def tags_entry(spec: ModelSpec) -> dict[str, Any]:
         "digest": spec.digest,
         "details": details(spec.details),
     }
+    if capabilities:
+        out["capabilities"] = list(capabilities)
+    return out
 
 
 def ps_entry(

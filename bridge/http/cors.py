@@ -214,7 +214,7 @@ _CORS_GRANT = web.RequestKey("bridge.http.cors.grant", _CorsGrant)
 
 
 def _forbidden() -> web.Response:
-    return web.Response(status=403, content_type="text/plain")  # empty body
+    return web.Response(status=403)  # empty, and no Content-Type (gin's AbortWithStatus)
 
 
 def _no_content() -> web.Response:

@@ -174,8 +174,31 @@ async def _write_batched(out: _Writer[T], items: AsyncIterator[T]) -> None:
             raise asyncio.CancelledError()
 
 
-async def closing_with(events: AsyncIterator[T], source: AsyncIterator[Any]) -> AsyncIterator[T]:
-    """`events` (made from `source`), closing `source` too when the events stop."""
+async def sse_events(
+    request: web.Request,
+    events: AsyncIterator[bytes],
+    source: AsyncIterator[Any],
+    encode_error: Callable[[BridgeError], bytes],
+    *,
+    trailer: bytes = b"",
+) -> web.StreamResponse:
+    """An SSE reply of ready-made `events` (frames made from `source`, which is closed with
+    them)."""
+    return await stream_response(
+        request,
+        _closing_with(events, source),
+        encode=_identity,
+        encode_error=encode_error,
+        content_type="text/event-stream",
+        trailer=trailer,
+    )
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+async def _closing_with(events: AsyncIterator[T], source: AsyncIterator[Any]) -> AsyncIterator[T]:
     try:
         async for e in events:
             yield e

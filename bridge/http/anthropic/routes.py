@@ -14,10 +14,8 @@ from bridge.http.anthropic.request import decode_messages
 from bridge.http.errors import ANTHROPIC_PATH, anthropic_rejection
 from bridge.http.jsonbody import read_object
 from bridge.http.keys import SERVICE
-from bridge.http.streaming import closing_with, collect, stream_response
+from bridge.http.streaming import collect, sse_events
 from bridge.service import Service
-
-SSE = "text/event-stream"
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
@@ -42,13 +40,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
             if frames := converter.process(c):
                 yield frames
 
-    return await stream_response(
-        request,
-        closing_with(events(), chunks),
-        encode=_identity,
-        encode_error=wire.sse_error,
-        content_type=SSE,
-    )
+    return await sse_events(request, events(), chunks, wire.sse_error)
 
 
 async def _chat(service: Service, req: ChatRequest) -> AsyncIterator[Chunk]:
@@ -61,10 +53,6 @@ async def _chat(service: Service, req: ChatRequest) -> AsyncIterator[Chunk]:
         # ("relax_thinking") instead of refusing it: Claude Code asks every model to think.
         # Any other missing capability is refused again by the second try.
         return await service.chat(replace(req, think=None))
-
-
-def _identity(b: bytes) -> bytes:
-    return b
 
 
 def add_routes(app: web.Application) -> None:

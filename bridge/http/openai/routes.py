@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from bridge.domain import Chunk
-from bridge.errors import BridgeError, InvalidRequest, ModelNotFound
+from bridge.errors import InvalidRequest, ModelNotFound
 from bridge.http.jsonbody import read_object
 from bridge.http.keys import SERVICE
 from bridge.http.openai import responses, wire
-from bridge.http.streaming import closing_with, collect, stream_response
+from bridge.http.streaming import collect, sse_events
 from bridge.models.names import InvalidName, ModelName
 
-SSE = "text/event-stream"
 DONE = b"data: [DONE]\n\n"
 
 
@@ -97,7 +96,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                         )
                     )
 
-    return await _sse(request, events(), chunks, wire.sse_error, trailer=DONE)
+    return await sse_events(request, events(), chunks, wire.sse_error, trailer=DONE)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -131,7 +130,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                         )
                     )
 
-    return await _sse(request, events(), chunks, wire.sse_error, trailer=DONE)
+    return await sse_events(request, events(), chunks, wire.sse_error, trailer=DONE)
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -155,7 +154,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             for event in converter.feed(c):
                 yield event
 
-    return await _sse(request, events(), chunks, converter.failed)
+    return await sse_events(request, events(), chunks, converter.failed)
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -206,29 +205,6 @@ def _delta(text: str, thinking: str, calls: list[dict[str, Any]]) -> dict[str, A
     if calls:
         d["tool_calls"] = calls
     return d
-
-
-async def _sse(
-    request: web.Request,
-    events: AsyncIterator[bytes],
-    chunks: AsyncIterator[Chunk],
-    encode_error: Callable[[BridgeError], bytes],
-    *,
-    trailer: bytes = b"",
-) -> web.StreamResponse:
-    """An SSE reply of ready-made `events`; the chunk stream under them is closed with them."""
-    return await stream_response(
-        request,
-        closing_with(events, chunks),
-        encode=_identity,
-        encode_error=encode_error,
-        content_type=SSE,
-        trailer=trailer,
-    )
-
-
-def _identity(b: bytes) -> bytes:
-    return b
 
 
 def add_routes(app: web.Application) -> None:
